@@ -1,0 +1,18 @@
+"""birefnet_core: BiRefNet (Zheng et al., "Bilateral Reference for High-Resolution Dichotomous
+Image Segmentation") in plain PyTorch. It loads every official checkpoint unchanged and never
+imports ComfyUI.
+
+Public API: load_model, predict, detect_variant, and the CLI ``python -m birefnet_core``.
+"""
+from .errors import BiRefNetError, CheckpointError, InputError, ModelNotAvailableError
+from .inference import predict
+from .known_models import KNOWN_MODELS, KnownModel
+from .loading import ModelInfo, load_model
+from .model import BiRefNet
+from .variants import VARIANTS, BiRefNetVariant, detect_variant, get_variant
+
+__all__ = [
+    "BiRefNet", "BiRefNetError", "BiRefNetVariant", "CheckpointError", "InputError",
+    "KNOWN_MODELS", "KnownModel", "ModelInfo", "ModelNotAvailableError", "VARIANTS",
+    "detect_variant", "get_variant", "load_model", "predict",
+]

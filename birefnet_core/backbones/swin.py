@@ -1,0 +1,209 @@
+"""Swin Transformer v1, detection style, as BiRefNet uses it.
+
+Differences from the classification Swin: feature maps are padded to window multiples (so any
+size works), patch merging happens at the end of a stage, and every stage output gets its own
+LayerNorm (``norm0``..``norm3``). Parameter names follow the official checkpoints.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..variants import SwinConfig
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """(N, N) index into the (2w-1)^2 bias table for every pair of tokens of a window."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window),
+                                        indexing="ij")).flatten(1)          # (2, N)
+    delta = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)  # (N, N, 2)
+    return delta[..., 0] * (2 * window - 1) + delta[..., 1]
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * nW, window * window, C)."""
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window, window, width // window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, channels)
+
+
+def window_merge(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    """(B * nW, window * window, C) -> (B, H, W, C)."""
+    channels = windows.shape[-1]
+    x = windows.view(-1, height // window, width // window, window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def shifted_window_mask(height: int, width: int, window: int, shift: int,
+                        device: torch.device) -> torch.Tensor:
+    """(nW, N, N) additive mask, 0 within a region and -inf across, for shifted windows.
+
+    height and width are the padded sizes; the regions are those of the cyclic shift.
+    """
+    region = torch.zeros(1, height, width, 1, device=device)
+    bounds = ((0, -window), (-window, -shift), (-shift, None))
+    label = 0
+    for top, bottom in bounds:
+        for left, right in bounds:
+            region[:, top:bottom, left:right, :] = label
+            label += 1
+    labels = window_partition(region, window).squeeze(-1)                 # (nW, N)
+    different = labels.unsqueeze(1) != labels.unsqueeze(2)
+    return torch.zeros(different.shape, device=device).masked_fill(different, float("-inf"))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows, with a learned relative-position bias."""
+
+    def __init__(self, dim: int, window: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def position_bias(self) -> torch.Tensor:
+        """(1, heads, N, N) bias for every token pair of a window."""
+        n = self.relative_position_index.shape[0]
+        table = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return table.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B * nW, N, C); mask: (nW, N, N) additive or None."""
+        windows, tokens, channels = x.shape
+        qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, channels // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                    # (B*nW, h, N, d)
+        bias = self.position_bias().to(q.dtype)
+        if mask is not None:
+            n_windows = mask.shape[0]
+            bias = (bias + mask.to(q.dtype).unsqueeze(1))                 # (nW, h, N, N)
+            q, k, v = (t.view(-1, n_windows, *t.shape[1:]) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.reshape(windows, self.num_heads, tokens, -1).transpose(1, 2)
+        return self.proj(out.reshape(windows, tokens, channels))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.window, self.shift = window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, height: int, width: int,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, H*W, C) -> (B, H*W, C)."""
+        batch, _, channels = x.shape
+        shortcut = x
+        x = self.norm1(x).view(batch, height, width, channels)
+        pad_b = (self.window - height % self.window) % self.window
+        pad_r = (self.window - width % self.window) % self.window
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        padded_h, padded_w = height + pad_b, width + pad_r
+        if self.shift:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        windows = self.attn(window_partition(x, self.window), mask if self.shift else None)
+        x = window_merge(windows, self.window, padded_h, padded_w)
+        if self.shift:
+            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x[:, :height, :width, :].reshape(batch, height * width, channels)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood -> one token: (B, H*W, C) -> (B, ceil(H/2)*ceil(W/2), 2C)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        batch, _, channels = x.shape
+        x = x.view(batch, height, width, channels)
+        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x.view(batch, -1, 4 * channels)))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float,
+                 downsample: bool) -> None:
+        super().__init__()
+        self.window = window
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio)
+            for i in range(depth))
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x: torch.Tensor, height: int, width: int):
+        """Returns the stage output (B, H*W, C) and the next stage's input and size."""
+        padded_h = -(-height // self.window) * self.window
+        padded_w = -(-width // self.window) * self.window
+        mask = shifted_window_mask(padded_h, padded_w, self.window, self.window // 2, x.device)
+        for block in self.blocks:
+            x = block(x, height, width, mask)
+        if self.downsample is None:
+            return x, x, height, width
+        return x, self.downsample(x, height, width), (height + 1) // 2, (width + 1) // 2
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim: int, patch: int = 4) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(3, dim, patch, patch)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, H/4, W/4), padding H and W up to multiples of 4."""
+        height, width = x.shape[-2:]
+        x = F.pad(x, (0, -width % self.patch, 0, -height % self.patch))
+        x = self.proj(x)
+        batch, channels, out_h, out_w = x.shape
+        x = self.norm(x.flatten(2).transpose(1, 2))
+        return x.transpose(1, 2).reshape(batch, channels, out_h, out_w)
+
+
+class SwinTransformer(nn.Module):
+    """(B, 3, H, W) -> four maps (B, C*2^i, H/2^(i+2), W/2^(i+2)), i = 0..3."""
+
+    def __init__(self, config: SwinConfig) -> None:
+        super().__init__()
+        self.channels = config.stage_channels
+        self.patch_embed = PatchEmbed(config.embed_dim)
+        self.layers = nn.ModuleList(
+            SwinStage(self.channels[i], config.depths[i], config.num_heads[i],
+                      config.window_size, config.mlp_ratio, downsample=i < 3)
+            for i in range(4))
+        for i, channels in enumerate(self.channels):
+            self.add_module(f"norm{i}", nn.LayerNorm(channels))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.patch_embed(x)
+        batch, _, height, width = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        outputs = []
+        for i, stage in enumerate(self.layers):
+            stage_out, x, next_h, next_w = stage(x, height, width)
+            stage_out = getattr(self, f"norm{i}")(stage_out)
+            outputs.append(stage_out.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous())
+            height, width = next_h, next_w
+        return outputs

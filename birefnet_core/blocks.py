@@ -1,0 +1,88 @@
+"""Convolutional blocks of the BiRefNet decoder: deformable ASPP, decoder, lateral and
+inward-reference blocks. Module and parameter names follow the official checkpoints.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .deform_conv import DeformableConv2d
+
+
+class DeformableBranch(nn.Module):
+    """Deformable convolution -> BatchNorm -> ReLU (one ASPP branch)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.atrous_conv = DeformableConv2d(in_channels, out_channels, kernel_size,
+                                            padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.atrous_conv(x)))
+
+
+class ASPPDeformable(nn.Module):
+    """Atrous-spatial-pyramid pooling with deformable branches of kernel 1, 1, 3 and 7 plus an
+    image-level branch, fused by a 1x1 convolution: (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, branch_channels: int = 256,
+                 kernel_sizes: tuple[int, ...] = (1, 3, 7)) -> None:
+        super().__init__()
+        self.aspp1 = DeformableBranch(channels, branch_channels, 1)
+        self.aspp_deforms = nn.ModuleList(
+            DeformableBranch(channels, branch_channels, k) for k in kernel_sizes)
+        self.global_avg_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, branch_channels, 1, bias=False),
+            nn.BatchNorm2d(branch_channels),
+            nn.ReLU(inplace=True))
+        self.conv1 = nn.Conv2d(branch_channels * (2 + len(kernel_sizes)), channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branches = [self.aspp1(x)] + [branch(x) for branch in self.aspp_deforms]
+        pooled = self.global_avg_pool(x)                                   # (B, 256, 1, 1)
+        branches.append(pooled.expand(-1, -1, *x.shape[-2:]))
+        return F.relu(self.bn1(self.conv1(torch.cat(branches, dim=1))))
+
+
+class BasicDecBlk(nn.Module):
+    """conv3x3 -> BN -> ReLU -> ASPPDeformable -> conv3x3 -> BN."""
+
+    def __init__(self, in_channels: int, out_channels: int, inner_channels: int = 64,
+                 aspp_channels: int = 256, aspp_kernel_sizes: tuple[int, ...] = (1, 3, 7)) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, inner_channels, 3, 1, 1)
+        self.bn_in = nn.BatchNorm2d(inner_channels)
+        self.dec_att = ASPPDeformable(inner_channels, aspp_channels, aspp_kernel_sizes)
+        self.conv_out = nn.Conv2d(inner_channels, out_channels, 3, 1, 1)
+        self.bn_out = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn_in(self.conv_in(x)))
+        return self.bn_out(self.conv_out(self.dec_att(x)))
+
+
+class BasicLatBlk(nn.Module):
+    """The 1x1 lateral connection from an encoder stage to the decoder."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class SimpleConvs(nn.Module):
+    """Two 3x3 convolutions without activation: the inward-reference (image patch) block."""
+
+    def __init__(self, in_channels: int, out_channels: int, inner_channels: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, inner_channels, 3, 1, 1)
+        self.conv_out = nn.Conv2d(inner_channels, out_channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.conv1(x))
