@@ -42,13 +42,22 @@ def _value_for(key: str, shape: list[int]) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-def synthetic_float_weights(backbone: str) -> dict[str, torch.Tensor]:
-    """Only the float tensors of the manifest: what a checkpoint must carry at the least."""
+@lru_cache(maxsize=2)
+def _cached_float_weights(backbone: str) -> dict[str, torch.Tensor]:
     weights = {}
     for key, spec in manifest(backbone)["keys"].items():
         if spec["dtype"].startswith("float"):
             weights[key] = torch.from_numpy(_value_for(key, spec["shape"]))
     return weights
+
+
+def synthetic_float_weights(backbone: str) -> dict[str, torch.Tensor]:
+    """Only the float tensors of the manifest: what a checkpoint must carry at the least.
+
+    The dict is new on every call; its tensors are shared with a small cache, so callers must
+    not modify them in place.
+    """
+    return dict(_cached_float_weights(backbone))
 
 
 def synthetic_state_dict(backbone: str, model_buffers: dict[str, torch.Tensor] | None = None

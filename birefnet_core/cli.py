@@ -1,0 +1,234 @@
+"""Command line: ``python -m birefnet_core IMAGES... -o DIR`` writes a mask and a cut-out per image.
+
+For every input ``photo.jpg`` it writes ``DIR/photo_mask.png`` (8-bit greyscale, white = kept)
+and ``DIR/photo_cutout.png`` (the image with the mask as its alpha channel). Folders among the
+inputs contribute the image files directly inside them.
+
+Exit status: 0 when every image was processed, 1 when some could not be read or written (the
+rest are still processed), 2 for a usage error or a model that cannot be loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import BiRefNetError
+from .hub import default_models_dir, resolve_checkpoint
+from .inference import predict
+from .loading import load_model
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+class UsageError(Exception):
+    """A command line that cannot run on this machine (e.g. ``--device cuda`` without CUDA)."""
+
+
+def parse_resolution(text: str) -> int | tuple[int, int]:
+    """``"1024"`` -> 1024, ``"1440x2560"`` -> (1440, 2560); each a positive multiple of 32."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or any(size <= 0 or size % 32 for size in sizes):
+        raise argparse.ArgumentTypeError(
+            f"expected N or HxW with multiples of 32 (e.g. 1024 or 1440x2560), got {text!r}")
+    return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m birefnet_core",
+        description="Remove the background of images with BiRefNet.")
+    parser.add_argument("images", nargs="+", metavar="IMAGES",
+                        help="image files, or folders whose image files are all processed")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help="folder for <name>_mask.png and <name>_cutout.png (created)")
+    parser.add_argument("--model", default="BiRefNet", metavar="NAME_OR_PATH",
+                        help="a known model name (downloaded on first use) or a checkpoint file "
+                             "(default: BiRefNet)")
+    parser.add_argument("--resolution", type=parse_resolution, metavar="N|HxW",
+                        help="working size, multiples of 32 (default: the model's own)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                        help="auto: cuda if available, else mps, else cpu")
+    parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
+                        help="auto: fp16 on cuda, fp32 elsewhere")
+    parser.add_argument("--patch-order", choices=("auto", "current", "legacy"), default="auto",
+                        help="inward-reference patch order the checkpoint was trained with")
+    parser.add_argument("--models-dir", metavar="DIR", default=None,
+                        help=f"where named models are kept (default: $BIREFNET_MODELS_DIR or "
+                             f"{default_models_dir()})")
+    return parser
+
+
+def choose_device(name: str) -> torch.device:
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise UsageError(f"--device {name} was asked for, but this PyTorch build sees no {name} "
+                         "device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def choose_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPE_NAMES[name]
+
+
+def collect_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Files named directly, plus the image files inside named folders; and what is missing."""
+    found: list[Path] = []
+    missing: list[str] = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            missing.append(text)
+    return found, missing
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; alpha is dropped, 16-bit greyscale is scaled down."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")  # palette transparency is resolved before it is dropped
+    return image.convert("RGB")
+
+
+def read_image(path: Path) -> Image.Image:
+    with Image.open(path) as opened:
+        opened.load()
+        upright = ImageOps.exif_transpose(opened)
+        return to_rgb(upright)
+
+
+def compute_mask(model: torch.nn.Module, rgb: Image.Image,
+                 resolution: int | tuple[int, int] | None) -> Image.Image:
+    """The 8-bit mask of one RGB image, at the image's size."""
+    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
+    batch = pixels.permute(2, 0, 1).unsqueeze(0)
+    mask = predict(model, batch, resolution=resolution)[0, 0].float().cpu().numpy()
+    return Image.fromarray(np.round(np.clip(mask, 0.0, 1.0) * 255.0).astype(np.uint8), "L")
+
+
+def save_outputs(rgb: Image.Image, mask: Image.Image, out_dir: Path, stem: str) -> None:
+    mask.save(out_dir / f"{stem}_mask.png")
+    cutout = rgb.convert("RGBA")
+    cutout.putalpha(mask)
+    cutout.save(out_dir / f"{stem}_cutout.png")
+
+
+class Progress:
+    """A tqdm bar on stderr when tqdm is installed, else one counter line per image."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self._bar: Any = None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self._bar = tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True)
+
+    def note(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def advance(self, name: str) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        else:
+            print(f"[{self.done}/{self.total}] {name}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def process_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path,
+                   resolution: int | tuple[int, int] | None) -> int:
+    """Segment every image; report the ones that fail and return how many failed."""
+    failures, stems_used = 0, set()
+    progress = Progress(len(paths))
+    try:
+        for path in paths:
+            if path.stem in stems_used:
+                progress.note(f"warning: {path} has the same name as an earlier input; its "
+                              "outputs replace that one's")
+            stems_used.add(path.stem)
+            try:
+                rgb = read_image(path)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                progress.note(f"error: cannot read image {path}: {exc}")
+                failures += 1
+            else:
+                mask = compute_mask(model, rgb, resolution)
+                try:
+                    save_outputs(rgb, mask, out_dir, path.stem)
+                except OSError as exc:
+                    progress.note(f"error: cannot write the outputs of {path}: {exc}")
+                    failures += 1
+            progress.advance(path.name)
+    finally:
+        progress.close()
+    return failures
+
+
+def _load(args: argparse.Namespace) -> torch.nn.Module:
+    device = choose_device(args.device)
+    dtype = choose_dtype(args.dtype, device)
+    checkpoint = resolve_checkpoint(args.model, args.models_dir)
+    model = load_model(checkpoint, device=device, dtype=dtype, patch_order=args.patch_order)
+    info = model.info
+    print(f"BiRefNet {info.variant} from {checkpoint} on {device} ({str(dtype)[6:]}), patch "
+          f"order {info.patch_order}", file=sys.stderr)
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    paths, missing = collect_images(args.images)
+    for text in missing:
+        print(f"error: no such image or folder: {text}", file=sys.stderr)
+    if not paths:
+        print("error: no images to process", file=sys.stderr)
+        return 2
+    out_dir = Path(args.output).expanduser()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create the output folder {out_dir}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        model = _load(args)
+        failures = process_images(model, paths, out_dir, args.resolution)
+    except (BiRefNetError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(paths) - failures} of {len(paths)} images written to {out_dir}",
+          file=sys.stderr)
+    return 1 if failures or missing else 0

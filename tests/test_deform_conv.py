@@ -1,0 +1,73 @@
+"""The plain-PyTorch deformable convolution against torchvision's compiled one."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from birefnet_core.deform_conv import DeformableConv2d, deform_conv2d
+
+torchvision_ops = pytest.importorskip("torchvision.ops")
+
+CASES = [  # kernel, padding, stride, dilation
+    (1, 0, 1, 1), (3, 1, 1, 1), (7, 3, 1, 1), (3, 2, 2, 2), (5, 1, 1, 1)]
+
+
+def _inputs(kernel, padding, stride, dilation, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 6, 11, 14, generator=gen)
+    weight = torch.randn(5, 6, kernel, kernel, generator=gen) / (6 * kernel * kernel) ** 0.5
+    bias = torch.randn(5, generator=gen)
+    out_h = (11 + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    out_w = (14 + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    # Offsets large enough to leave the image, so the zero-outside rule is exercised.
+    offset = torch.randn(2, 2 * kernel * kernel, out_h, out_w, generator=gen) * 4
+    mask = torch.rand(2, kernel * kernel, out_h, out_w, generator=gen) * 2
+    return x, offset, weight, bias, mask
+
+
+@pytest.mark.parametrize("kernel,padding,stride,dilation", CASES)
+def test_matches_torchvision_in_float32(kernel, padding, stride, dilation):
+    x, offset, weight, bias, mask = _inputs(kernel, padding, stride, dilation)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, mask=mask)
+    expected = torchvision_ops.deform_conv2d(x, offset, weight, bias, **kwargs)
+    got = deform_conv2d(x, offset, weight, bias, **kwargs)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def test_integer_offsets_outside_image_give_zero_samples():
+    x = torch.ones(1, 1, 4, 4)
+    offset = torch.full((1, 2, 4, 4), 10.0)             # every sample 10 px away: outside
+    out = deform_conv2d(x, offset, torch.ones(1, 1, 1, 1))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_without_mask_and_zero_offset_equals_plain_convolution():
+    gen = torch.Generator().manual_seed(3)
+    x, weight = torch.randn(1, 4, 9, 9, generator=gen), torch.randn(3, 4, 3, 3, generator=gen)
+    offset = torch.zeros(1, 18, 9, 9)
+    expected = torch.nn.functional.conv2d(x, weight, padding=1)
+    assert torch.allclose(deform_conv2d(x, offset, weight, padding=1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_runs_and_stays_close(dtype):
+    x, offset, weight, bias, mask = _inputs(3, 1, 1, 1, seed=1)
+    expected = torchvision_ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    got = deform_conv2d(x.to(dtype), offset.to(dtype), weight.to(dtype), bias.to(dtype),
+                        padding=1, mask=mask.to(dtype))
+    assert got.dtype == dtype
+    relative = (got.float() - expected).abs().max() / expected.abs().max()
+    assert relative < 0.05
+
+
+def test_module_matches_official_formula():
+    torch.manual_seed(0)
+    module = DeformableConv2d(4, 6, kernel_size=3, padding=1)
+    for conv in (module.offset_conv, module.modulator_conv):
+        torch.nn.init.normal_(conv.weight, std=0.3)
+    x = torch.randn(2, 4, 8, 10)
+    expected = torchvision_ops.deform_conv2d(
+        x, module.offset_conv(x), module.regular_conv.weight, None, padding=1,
+        mask=2 * torch.sigmoid(module.modulator_conv(x)))
+    assert torch.allclose(module(x), expected, atol=1e-5)
