@@ -2,8 +2,10 @@
 Image Segmentation") in plain PyTorch. It loads every official checkpoint unchanged and never
 imports ComfyUI.
 
-Public API: load_model, predict, detect_variant, and the CLI ``python -m birefnet_core``.
+Public API: load_model, predict, predict_batched, detect_variant, and the CLI ``python -m birefnet_core``.
 """
+from . import batching
+from .batching import predict_batched
 from .errors import BiRefNetError, CheckpointError, InputError, ModelNotAvailableError
 from .inference import predict
 from .known_models import KNOWN_MODELS, KnownModel
@@ -14,5 +16,5 @@ from .variants import VARIANTS, BiRefNetVariant, detect_variant, get_variant
 __all__ = [
     "BiRefNet", "BiRefNetError", "BiRefNetVariant", "CheckpointError", "InputError",
     "KNOWN_MODELS", "KnownModel", "ModelInfo", "ModelNotAvailableError", "VARIANTS",
-    "detect_variant", "get_variant", "load_model", "predict",
+    "detect_variant", "get_variant", "load_model", "predict", "predict_batched",
 ]

@@ -70,12 +70,15 @@ KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in (
 # fine-tunes, matched case-insensitively against the file's base name.
 _FILENAME_ORDERS: tuple[tuple[str, str], ...] = (
     (r"toonout", "current"),
-    (r"birefnet_hr|hr-general|hr_general|hr-matting|hr_matting", "current"),
+    (r"(^|[-_ ])hr([-_. ]|$)|birefnet_hr", "current"),        # BiRefNet_HR, HR-matting, General-HR
     (r"dynamic", "current"),
     (r"birefnet[-_]?lite|swin_v1_tiny|lite-2k", "legacy"),
     (r"rmbg[-_]?2", "legacy"),
     (r"birefnet-(general|matting|portrait|dis5k|hrsod|cod|massive|legacy)", "legacy"),
     (r"general-epoch_244|dis-epoch|cod-epoch|hrsod-epoch|ep480|ep580|massive", "legacy"),
+    # Names other ComfyUI packs give the same official files (General.safetensors, ...).
+    (r"^(general|general-lite|general-lite-2k|portrait|matting|dis|hrsod|cod|dis-tr_tes)\.",
+     "legacy"),
     (r"background_removal", "legacy"),
 )
 

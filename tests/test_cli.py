@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from birefnet_core import load_model, predict
 
-from .synthetic import synthetic_state_dict
+from tests.synthetic import synthetic_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOLUTION = 64

