@@ -9,7 +9,6 @@ image, alternating, median of the runs. Writes the numbers to JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import write_json  # noqa: E402
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -63,9 +64,7 @@ def main(argv=None) -> int:
               "segment_node_all_s": node_times, "predict_all_s": predict_times}
     print(f"Segment node {node:.2f} s, predict {direct:.2f} s: overhead "
           f"{result['overhead_pct']:+.1f}% ({args.variant}, {args.size}^2, median of {args.runs})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return 0
 
 

@@ -12,7 +12,6 @@ shows sensitivity, not quality).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import write_json  # noqa: E402
 
 import birefnet_core  # noqa: E402
 from birefnet_core.inference import normalize, resize_images  # noqa: E402
@@ -68,9 +69,7 @@ def main(argv=None) -> int:
               f"{row['opencv_style_vs_pil_max_255']:.2f}/255 (mean "
               f"{row['opencv_style_vs_pil_mean_255']:.3f}); mask diff max {row['mask_diff_max']:.4f}"
               f" mean {row['mask_diff_mean']:.5f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, rows)
     return 0
 
 

@@ -36,12 +36,16 @@ def _use_torchvision_deform_conv() -> None:
 
     import birefnet_core.deform_conv as deform_conv
 
-    def forward(self, x):
-        offset = self.offset_conv(x)
-        modulator = 2.0 * self.modulator_conv(x).sigmoid()
-        return torchvision_deform_conv2d(x, offset, self.regular_conv.weight,
-                                         self.regular_conv.bias, stride=self.stride,
-                                         padding=self.padding, mask=modulator)
+    def forward(self, x, epilogue=None):
+        offset, modulator = self._offsets(x)
+        out = torchvision_deform_conv2d(x, offset, self.regular_conv.weight,
+                                        self.regular_conv.bias, stride=self.stride,
+                                        padding=self.padding, mask=modulator)
+        if epilogue is None:
+            return out
+        batch, _, height, width = out.shape
+        rows = epilogue(out.permute(0, 2, 3, 1).reshape(batch * height * width, -1))
+        return rows.view(batch, height, width, -1).permute(0, 3, 1, 2)
     deform_conv.DeformableConv2d.forward = forward
 
 

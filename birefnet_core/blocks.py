@@ -22,6 +22,21 @@ class DeformableBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.atrous_conv(x)))
 
+    def projected(self, x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+        """``conv1x1(forward(x), projection)`` for a (P, O) projection, computed block by block
+        inside the deformable convolution: the O-channel branch output is never held."""
+        def finish(block: torch.Tensor) -> torch.Tensor:                  # (n, O) -> (n, P)
+            return F.relu(_per_channel(self.bn, block)) @ projection.t()
+        return self.atrous_conv(x, epilogue=finish)
+
+
+def _per_channel(norm: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """An eval-mode BatchNorm2d (or the Identity left after folding) applied to (n, C) rows."""
+    if isinstance(norm, nn.BatchNorm2d):
+        return F.batch_norm(rows, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                            False, 0.0, norm.eps)
+    return norm(rows)
+
 
 class ASPPDeformable(nn.Module):
     """Atrous-spatial-pyramid pooling with deformable branches of kernel 1, 1, 3 and 7 plus an
@@ -30,6 +45,7 @@ class ASPPDeformable(nn.Module):
     def __init__(self, channels: int, branch_channels: int = 256,
                  kernel_sizes: tuple[int, ...] = (1, 3, 7)) -> None:
         super().__init__()
+        self.branch_channels = branch_channels
         self.aspp1 = DeformableBranch(channels, branch_channels, 1)
         self.aspp_deforms = nn.ModuleList(
             DeformableBranch(channels, branch_channels, k) for k in kernel_sizes)
@@ -42,10 +58,18 @@ class ASPPDeformable(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = [self.aspp1(x)] + [branch(x) for branch in self.aspp_deforms]
-        pooled = self.global_avg_pool(x)                                   # (B, 256, 1, 1)
-        branches.append(pooled.expand(-1, -1, *x.shape[-2:]))
-        return F.relu(self.bn1(self.conv1(torch.cat(branches, dim=1))))
+        # conv1 over the concatenated branches equals the sum of its per-branch slices applied
+        # to each branch, and each deformable branch applies its slice block by block: neither
+        # the 5x-wide concatenation nor a full branch output is ever held in memory.
+        projections = self.conv1.weight.flatten(1).split(self.branch_channels, dim=1)
+        out = self.aspp1.projected(x, projections[0])
+        for branch, projection in zip(self.aspp_deforms, projections[1:-1]):
+            out = out + branch.projected(x, projection)
+        pooled = self.global_avg_pool(x).flatten(1) @ projections[-1].t()   # (B, C)
+        out = out + pooled[:, :, None, None]
+        if self.conv1.bias is not None:                                    # after folding
+            out = out + self.conv1.bias.view(1, -1, 1, 1)
+        return F.relu(self.bn1(out))
 
 
 class BasicDecBlk(nn.Module):

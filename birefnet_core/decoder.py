@@ -103,5 +103,45 @@ class Decoder(nn.Module):
         p = self._gate(self.decoder_block2(self._with_patches(p, image, 3)), 2)    # H/8
         p = resize(p, x1.shape[-2:]) + self.lateral_block2(x1)
         p = self.decoder_block1(self._with_patches(p, image, 2))                   # H/4
-        p = resize(p, image.shape[-2:])
-        return self.conv_out1(self._with_patches(p, image, 1))                     # H
+        return self._output(p, image)
+
+    def _output(self, p: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """conv_out1 over [upsampled p, ipt_blk1(image)], computed without full-size features.
+
+        A 1x1 convolution commutes with bilinear resizing (both are linear and the resize
+        weights sum to one), so p's share is computed at H/4 and only its one channel is
+        upsampled; ipt_blk1's two convolutions and its share of conv_out1 compose into one 5x5
+        convolution of the image. The result equals the official formula up to rounding.
+        """
+        weight, bias = self.conv_out1[0].weight, self.conv_out1[0].bias    # (1, Cp + Ci, 1, 1)
+        from_decoder, from_patches = weight.split((p.shape[1], weight.shape[1] - p.shape[1]), 1)
+        logits = resize(F.conv2d(p, from_decoder, bias), image.shape[-2:])
+        last = self.ipt_blk1.conv_out
+        second = torch.einsum("oc,cikl->oikl", from_patches.flatten(1), last.weight)
+        second_bias = from_patches.flatten(1) @ last.bias
+        return logits + two_convs_as_one(image, self.ipt_blk1.conv1, second, second_bias)
+
+
+def two_convs_as_one(x: torch.Tensor, first: nn.Conv2d, weight: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """conv3x3(conv3x3(x, first), weight, bias), both zero-padded by one, as one 5x5 conv.
+
+    The composition is exact except on the outermost pixel ring, where the second conv must
+    see zeros outside the image rather than the first conv's response to padding; that ring is
+    recomputed from thin strips with the two convolutions.
+    """
+    w1, b1 = first.weight, first.bias                                 # (C, I, 3, 3), (C,)
+    composed = w1.new_zeros(weight.shape[0], w1.shape[1], 5, 5)
+    for s in range(3):
+        for t in range(3):
+            composed[:, :, s:s + 3, t:t + 3] += torch.einsum("oc,cikl->oikl", weight[:, :, s, t], w1)
+    composed_bias = bias + weight.sum(dim=(2, 3)) @ b1
+    out = F.conv2d(x, composed.to(x.dtype), composed_bias.to(x.dtype), padding=2)
+
+    def exact(strip: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(first(strip), weight, bias, padding=1)
+    out[..., :1, :] = exact(x[..., :4, :])[..., :1, :]
+    out[..., -1:, :] = exact(x[..., -4:, :])[..., -1:, :]
+    out[..., :, :1] = exact(x[..., :, :4])[..., :, :1]
+    out[..., :, -1:] = exact(x[..., :, -4:])[..., :, -1:]
+    return out

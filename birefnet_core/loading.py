@@ -10,6 +10,7 @@ import torch
 
 from .checkpoint import cast_floats, check_state_dict, read_checkpoint, remap_state_dict
 from .errors import CheckpointError
+from .fusion import fold_batchnorm
 from .known_models import IMAGENET_MEAN, IMAGENET_STD, choose_patch_order, find_known_model
 from .model import BiRefNet
 from .variants import detect_variant
@@ -60,7 +61,7 @@ def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
 def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
                patch_order: str = "auto", normalization: str = "imagenet",
-               resolution: int | tuple[int, int] | None = None) -> BiRefNet:
+               resolution: int | tuple[int, int] | None = None, fuse: bool = True) -> BiRefNet:
     """Build BiRefNet for a checkpoint and load it strictly.
 
     source: a ``.safetensors``/``.pth``/``.pt``/``.bin`` path or a state dict (official keys,
@@ -90,8 +91,11 @@ def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                      source=label)
     _check_finite(weights, label)
     model.load_state_dict({**cast_floats(weights, torch.float32), **own_buffers}, strict=True)
-    model.to(device=torch.device(device), dtype=resolve_dtype(dtype))
     model.eval().requires_grad_(False)
+    if fuse:
+        fold_batchnorm(model)
+        model.to(memory_format=torch.channels_last)
+    model.to(device=torch.device(device), dtype=resolve_dtype(dtype))
     known = find_known_model(identifier)
     if resolution is None:
         size = known.resolution if known is not None else (1024, 1024)

@@ -71,3 +71,24 @@ def test_module_matches_official_formula():
         x, module.offset_conv(x), module.regular_conv.weight, None, padding=1,
         mask=2 * torch.sigmoid(module.modulator_conv(x)))
     assert torch.allclose(module(x), expected, atol=1e-5)
+
+
+def test_gradients_match_torchvision():
+    """The plain-PyTorch path is differentiable (fine-tuning uses it) with torchvision's grads."""
+    x, offset, weight, bias, mask = _inputs(3, 1, 1, 1, seed=2)
+    ours = [t.clone().requires_grad_(True) for t in (x, offset, weight, bias, mask)]
+    theirs = [t.clone().requires_grad_(True) for t in (x, offset, weight, bias, mask)]
+    deform_conv2d(*ours[:4], padding=1, mask=ours[4]).square().sum().backward()
+    torchvision_ops.deform_conv2d(*theirs[:4], padding=1, mask=theirs[4]).square().sum().backward()
+    for mine, reference in zip(ours, theirs):
+        scale = reference.grad.abs().max()
+        assert (mine.grad - reference.grad).abs().max() <= 1e-4 * max(1.0, float(scale))
+
+
+def test_block_size_does_not_change_the_result(monkeypatch):
+    import birefnet_core.deform_conv as module
+    x, offset, weight, bias, mask = _inputs(7, 3, 1, 1, seed=4)
+    whole = deform_conv2d(x, offset, weight, bias, padding=3, mask=mask)
+    monkeypatch.setattr(module, "_COLUMN_BYTES", 1)            # 64-pixel blocks
+    assert torch.allclose(deform_conv2d(x, offset, weight, bias, padding=3, mask=mask), whole,
+                          atol=1e-6)

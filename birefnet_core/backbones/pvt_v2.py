@@ -114,6 +114,6 @@ class PyramidVisionTransformerV2(nn.Module):
             for block in getattr(self, f"block{i}"):
                 x = block(x, height, width)
             x = getattr(self, f"norm{i}")(x)
-            x = x.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
+            x = x.view(batch, height, width, -1).permute(0, 3, 1, 2)   # channels-last view
             outputs.append(x)
         return outputs

@@ -6,11 +6,17 @@ LayerNorm (``norm0``..``norm3``). Parameter names follow the official checkpoint
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..variants import SwinConfig
+
+
+_MASKED = -1.0e4
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -37,7 +43,7 @@ def window_merge(windows: torch.Tensor, window: int, height: int, width: int) ->
 
 def shifted_window_mask(height: int, width: int, window: int, shift: int,
                         device: torch.device) -> torch.Tensor:
-    """(nW, N, N) additive mask, 0 within a region and -inf across, for shifted windows.
+    """(nW, N, N) additive mask, 0 within a region and -1e4 across, for shifted windows.
 
     height and width are the padded sizes; the regions are those of the cyclic shift.
     """
@@ -50,7 +56,41 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int,
             label += 1
     labels = window_partition(region, window).squeeze(-1)                 # (nW, N)
     different = labels.unsqueeze(1) != labels.unsqueeze(2)
-    return torch.zeros(different.shape, device=device).masked_fill(different, float("-inf"))
+    # A large finite value rather than -inf: the softmax weight is exactly 0 either way, and
+    # attention kernels need not guard against rows of -inf.
+    return torch.zeros(different.shape, device=device).masked_fill(different, _MASKED)
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """Where every window slot reads its token, and where every token's result lands.
+
+    Padding to window multiples, the cyclic shift and the window partition together are one
+    gather (``gather``: slot -> token) followed by zeroing the padding slots (``pad_slots``);
+    their inverse is one more gather (``scatter``: token -> slot). ``mask`` is the
+    shifted-window mask.
+    """
+    gather: torch.Tensor              # (nW * N,) long
+    pad_slots: torch.Tensor           # (P,) long, slots that hold padding
+    scatter: torch.Tensor             # (H * W,) long
+    mask: torch.Tensor | None         # (nW, N, N) or None without shift
+
+
+@lru_cache(maxsize=64)
+def window_layout(height: int, width: int, window: int, shift: int,
+                  device: torch.device) -> WindowLayout:
+    padded_h, padded_w = -(-height // window) * window, -(-width // window) * window
+    tokens = torch.arange(height * width, device=device).view(1, height, width, 1)
+    grid = F.pad(tokens, (0, 0, 0, padded_w - width, 0, padded_h - height), value=height * width)
+    if shift:
+        grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
+    gather = window_partition(grid, window).reshape(-1)
+    real = gather < height * width
+    slots = torch.arange(gather.numel(), device=device)
+    scatter = torch.empty(height * width, dtype=torch.long, device=device)
+    scatter[gather[real]] = slots[real]
+    mask = shifted_window_mask(padded_h, padded_w, window, shift, device) if shift else None
+    return WindowLayout(gather.masked_fill(~real, 0), slots[~real], scatter, mask)
 
 
 class Mlp(nn.Module):
@@ -87,14 +127,12 @@ class WindowAttention(nn.Module):
         windows, tokens, channels = x.shape
         qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, channels // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                    # (B*nW, h, N, d)
-        bias = self.position_bias().to(q.dtype)
-        if mask is not None:
+        bias = self.position_bias().to(q.dtype)                           # (1, h, N, N)
+        if mask is not None:                                              # (B*nW, h, N, N)
             n_windows = mask.shape[0]
-            bias = (bias + mask.to(q.dtype).unsqueeze(1))                 # (nW, h, N, N)
-            q, k, v = (t.view(-1, n_windows, *t.shape[1:]) for t in (q, k, v))
+            bias = (bias + mask.to(q.dtype).unsqueeze(1)).repeat(windows // n_windows, 1, 1, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.reshape(windows, self.num_heads, tokens, -1).transpose(1, 2)
-        return self.proj(out.reshape(windows, tokens, channels))
+        return self.proj(out.transpose(1, 2).reshape(windows, tokens, channels))
 
 
 class SwinBlock(nn.Module):
@@ -106,23 +144,23 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, height: int, width: int,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: "WindowLayout") -> torch.Tensor:
         """x: (B, H*W, C) -> (B, H*W, C)."""
-        batch, _, channels = x.shape
+        batch, tokens, channels = x.shape
         shortcut = x
-        x = self.norm1(x).view(batch, height, width, channels)
-        pad_b = (self.window - height % self.window) % self.window
-        pad_r = (self.window - width % self.window) % self.window
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        padded_h, padded_w = height + pad_b, width + pad_r
-        if self.shift:
-            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        windows = self.attn(window_partition(x, self.window), mask if self.shift else None)
-        x = window_merge(windows, self.window, padded_h, padded_w)
-        if self.shift:
-            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x[:, :height, :width, :].reshape(batch, height * width, channels)
+        x = self.norm1(x)
+        gather, pad_slots, scatter = layout.gather, layout.pad_slots, layout.scatter
+        if batch > 1:                                     # one index over the whole batch
+            images = torch.arange(batch, device=x.device)[:, None]
+            slots = layout.gather.numel()
+            gather = (gather + tokens * images).reshape(-1)
+            pad_slots = (pad_slots + slots * images).reshape(-1)
+            scatter = (scatter + slots * images).reshape(-1)
+        windows = x.reshape(-1, channels).index_select(0, gather)
+        if pad_slots.numel():                             # padding tokens are zero vectors
+            windows.index_fill_(0, pad_slots, 0.0)
+        windows = self.attn(windows.view(-1, self.window ** 2, channels), layout.mask)
+        x = windows.reshape(-1, channels).index_select(0, scatter).view(batch, tokens, channels)
         x = shortcut + x
         return x + self.mlp(self.norm2(x))
 
@@ -155,11 +193,10 @@ class SwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor, height: int, width: int):
         """Returns the stage output (B, H*W, C) and the next stage's input and size."""
-        padded_h = -(-height // self.window) * self.window
-        padded_w = -(-width // self.window) * self.window
-        mask = shifted_window_mask(padded_h, padded_w, self.window, self.window // 2, x.device)
+        layouts = [window_layout(height, width, self.window, shift, x.device)
+                   for shift in (0, self.window // 2)]
         for block in self.blocks:
-            x = block(x, height, width, mask)
+            x = block(x, layouts[1 if block.shift else 0])
         if self.downsample is None:
             return x, x, height, width
         return x, self.downsample(x, height, width), (height + 1) // 2, (width + 1) // 2
@@ -204,6 +241,7 @@ class SwinTransformer(nn.Module):
         for i, stage in enumerate(self.layers):
             stage_out, x, next_h, next_w = stage(x, height, width)
             stage_out = getattr(self, f"norm{i}")(stage_out)
-            outputs.append(stage_out.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous())
+            # A channels-last view: the convolutions downstream prefer that layout.
+            outputs.append(stage_out.view(batch, height, width, -1).permute(0, 3, 1, 2))
             height, width = next_h, next_w
         return outputs

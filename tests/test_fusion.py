@@ -1,0 +1,80 @@
+"""Inference rewrites (BatchNorm folding, composed output convolutions, window gathers) keep
+the function of the network."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import birefnet_core
+from birefnet_core.backbones.swin import window_layout, window_merge, window_partition
+from birefnet_core.decoder import two_convs_as_one
+from birefnet_core.fusion import fold_batchnorm
+from tests.synthetic import parity_fixture, synthetic_float_weights
+
+TOLERANCE = 1e-4
+
+
+@pytest.mark.parametrize("name,backbone", [("swin_v1_t_192x320", "swin_v1_t"),
+                                           ("pvt_v2_b0_256x256", "pvt_v2_b0")])
+def test_unfused_model_matches_official_and_fused(name, backbone):
+    fixture = parity_fixture(name)
+    x = torch.from_numpy(fixture["input"])
+    weights = synthetic_float_weights(backbone)
+    plain = birefnet_core.load_model(weights, patch_order="current", fuse=False)
+    fused = birefnet_core.load_model(weights, patch_order="current")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    plain_out, fused_out = plain(x), fused(x)
+    assert np.abs(plain_out.numpy() - fixture["logits"]).max() <= TOLERANCE
+    assert (plain_out - fused_out).abs().max() <= TOLERANCE
+
+
+def test_folding_needs_eval_mode():
+    model = birefnet_core.load_model(synthetic_float_weights("pvt_v2_b0"), fuse=False).train()
+    with pytest.raises(RuntimeError, match="eval"):
+        fold_batchnorm(model)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 13), (1, 3, 5, 5), (1, 3, 32, 20), (1, 3, 4, 7)])
+def test_two_convolutions_compose_exactly_including_the_border(shape):
+    torch.manual_seed(0)
+    first = nn.Conv2d(3, 8, 3, 1, 1)
+    weight, bias = torch.randn(2, 8, 3, 3), torch.randn(2)
+    x = torch.randn(*shape)
+    expected = F.conv2d(first(x), weight, bias, padding=1)
+    got = two_convs_as_one(x, first, weight, bias)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("height,width,shift", [(8, 8, 0), (10, 15, 3), (7, 14, 3), (5, 3, 3)])
+def test_window_layout_is_pad_roll_partition_and_its_inverse(height, width, shift):
+    window = 7
+    layout = window_layout(height, width, window, shift, torch.device("cpu"))
+    tokens = torch.randn(1, height, width, 4)
+    padded_h, padded_w = -(-height // window) * window, -(-width // window) * window
+    reference = F.pad(tokens, (0, 0, 0, padded_w - width, 0, padded_h - height))
+    if shift:
+        reference = torch.roll(reference, (-shift, -shift), (1, 2))
+    expected = window_partition(reference, window).reshape(-1, 4)
+    gathered = tokens.reshape(-1, 4).index_select(0, layout.gather)
+    gathered[layout.pad_slots] = 0
+    assert torch.equal(gathered, expected)
+    back = expected.index_select(0, layout.scatter)
+    assert torch.equal(back, tokens.reshape(-1, 4))
+    merged = window_merge(expected.view(-1, window * window, 4), window, padded_h, padded_w)
+    assert merged.shape == reference.shape
+    assert layout.pad_slots.numel() == padded_h * padded_w - height * width
+    assert (layout.mask is None) == (shift == 0)
+
+
+def test_swin_rows_of_a_batch_are_independent():
+    fixture = parity_fixture("swin_v1_t_192x320")
+    model = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"), patch_order="current")
+    single = torch.from_numpy(fixture["input"])
+    batch = model(torch.cat([single.flip(-1), single]))
+    assert np.abs(batch[1:].numpy() - fixture["logits"]).max() <= TOLERANCE
+    assert not torch.allclose(batch[:1], batch[1:], atol=1e-2)
