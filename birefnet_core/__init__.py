@@ -2,19 +2,23 @@
 Image Segmentation") in plain PyTorch. It loads every official checkpoint unchanged and never
 imports ComfyUI.
 
-Public API: load_model, predict, predict_batched, detect_variant, and the CLI ``python -m birefnet_core``.
+Public API: load_model, predict, predict_batched, detect_variant, refine_mask,
+estimate_foreground, and the CLI ``python -m birefnet_core``.
 """
 from . import batching
 from .batching import predict_batched
 from .errors import BiRefNetError, CheckpointError, InputError, ModelNotAvailableError
+from .foreground import estimate_foreground
 from .inference import predict
 from .known_models import KNOWN_MODELS, KnownModel
 from .loading import ModelInfo, load_model
 from .model import BiRefNet
+from .refine import refine_mask
 from .variants import VARIANTS, BiRefNetVariant, detect_variant, get_variant
 
 __all__ = [
     "BiRefNet", "BiRefNetError", "BiRefNetVariant", "CheckpointError", "InputError",
     "KNOWN_MODELS", "KnownModel", "ModelInfo", "ModelNotAvailableError", "VARIANTS",
-    "detect_variant", "get_variant", "load_model", "predict", "predict_batched",
+    "detect_variant", "estimate_foreground", "get_variant", "load_model", "predict",
+    "predict_batched", "refine_mask",
 ]

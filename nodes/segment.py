@@ -1,6 +1,8 @@
 """BiRefNetSegment: images -> soft masks, RGBA cutouts and a composite on a colour."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 import comfy.model_management as mm
@@ -21,6 +23,25 @@ def interrupt_aware_progress(total: int):
         bar.update_absolute(done, total)
         mm.throw_exception_if_processing_interrupted()
     return report
+
+
+def per_image(node: str, step: Callable[..., torch.Tensor], *batches: torch.Tensor) -> torch.Tensor:
+    """step(*images) for each image of equal-length (B, C, H, W) batches, on ComfyUI's torch
+    device, with progress and Cancel between images; the results, concatenated, on the
+    intermediate device. birefnet_core's errors come out as NodeInputError naming the node."""
+    total = batches[0].shape[0]
+    device, keep = mm.get_torch_device(), mm.intermediate_device()
+    report = interrupt_aware_progress(total)
+    mm.throw_exception_if_processing_interrupted()
+    results = []
+    for index in range(total):
+        try:
+            result = step(*(batch[index:index + 1].to(device) for batch in batches))
+        except birefnet_core.BiRefNetError as error:
+            raise NodeInputError(f"{node}: {error}") from error
+        results.append(result.to(keep))
+        report(index + 1, total)
+    return torch.cat(results)
 
 
 def resolution_problem(resolution: int, node: str) -> str | None:
@@ -82,6 +103,12 @@ class BiRefNetSegment:
             "background_color": ("STRING", {
                 "default": "#FFFFFF", "tooltip": "Colour behind the subject in the composite "
                                                  "output: #RRGGBB or R, G, B."}),
+        }, "optional": {
+            "refine_edges": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "Estimate the subject's own colours at soft edges (multilevel "
+                           "foreground estimation), so the cutout and composite have no halo "
+                           "of the old background. The mask itself is unchanged."}),
         }}
 
     RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
@@ -106,11 +133,14 @@ class BiRefNetSegment:
             return str(error)
         return True
 
-    def segment(self, model, image, resolution, batch_size, threshold, invert, background_color):
+    def segment(self, model, image, resolution, batch_size, threshold, invert, background_color,
+                refine_edges=False):
         color = parse_color(background_color, NODE)
         rgb = image_to_nchw(image, NODE)
         masks = finish_masks(run_model(model, rgb, resolution, batch_size, NODE), threshold,
                              invert)
+        if refine_edges:
+            rgb = per_image(NODE, birefnet_core.estimate_foreground, rgb, masks)
         rgb = rgb.to(masks.device)
         cutout = torch.cat([rgb, masks], dim=1)
         composite = rgb * masks + color_image(color, rgb) * (1.0 - masks)

@@ -119,14 +119,18 @@ NODE_INPUTS = {
                        "patch_order": "COMBO", "input_normalization": "COMBO"},
     "BiRefNetSegment": {"model": "BIREFNET_MODEL", "image": "IMAGE", "resolution": "INT",
                         "batch_size": "INT", "threshold": "FLOAT", "invert": "BOOLEAN",
-                        "background_color": "STRING"},
+                        "background_color": "STRING", "refine_edges": "BOOLEAN"},
     "BiRefNetComposite": {"foreground": "IMAGE", "mask": "MASK", "background_fit": "COMBO",
                           "background_color": "STRING", "background": "IMAGE"},
+    "BiRefNetRefineEdges": {"image": "IMAGE", "mask": "MASK", "foreground_method": "COMBO",
+                            "guided_radius": "INT", "guided_eps": "FLOAT", "grow": "INT",
+                            "feather": "FLOAT", "band": "INT"},
 }
 NODE_OUTPUTS = {
     "BiRefNetLoader": (["BIREFNET_MODEL", "STRING"], ["model", "info"]),
     "BiRefNetSegment": (["MASK", "IMAGE", "IMAGE"], ["mask", "cutout_rgba", "composite"]),
     "BiRefNetComposite": (["IMAGE"], ["image"]),
+    "BiRefNetRefineEdges": (["MASK", "IMAGE", "IMAGE"], ["mask", "foreground", "cutout_rgba"]),
 }
 
 
@@ -236,6 +240,28 @@ def test_segment_rejects_a_resolution_not_multiple_of_32_when_queued(comfyui):
     assert "multiple of 32" in message, message
     assert "BiRefNetSegment:" in message, message
 
+
+def test_refine_edges_cutout_alpha_is_the_refined_mask(comfyui):
+    name = comfyui.put_input_image("e2e_refine.png", structured_image(seed=6))
+    prompt = segment_prompt(name, "e2e_refine")
+    prompt.update({
+        "refine": {"class_type": "BiRefNetRefineEdges",
+                   "inputs": {"image": ["load", 0], "mask": ["segment", 0],
+                              "foreground_method": "multilevel", "guided_radius": 2,
+                              "guided_eps": 0.01, "grow": 2, "feather": 1.0, "band": 8}},
+        "refined_mask_image": {"class_type": "MaskToImage", "inputs": {"mask": ["refine", 0]}},
+        "save_refined_mask": save(["refined_mask_image", 0], "e2e_refine_mask"),
+        "save_refined_cutout": save(["refine", 2], "e2e_refine_cutout"),
+    })
+    entry = comfyui.run(prompt)
+    assert_succeeded(comfyui, entry)
+    refined_mask, mode = saved(comfyui, entry, "save_refined_mask")
+    assert mode == "RGB" and refined_mask.shape == (45, 70, 3)
+    cutout, mode = saved(comfyui, entry, "save_refined_cutout")
+    assert mode == "RGBA" and cutout.shape == (45, 70, 4)
+    assert np.abs(cutout[..., 3] - refined_mask[..., 0]).max() <= 1 / 255 + EPS
+    original = saved(comfyui, entry, "save_mask")[0][..., 0]
+    assert np.abs(refined_mask[..., 0] - original).max() > 2 / 255, "the mask was not refined"
 
 @pytest.fixture(autouse=True)
 def _server_still_up(request):
