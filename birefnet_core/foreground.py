@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-__all__ = ["estimate_foreground", "box_mean"]
+__all__ = ["estimate_foreground", "box_mean", "check_image_alpha"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _EPSILON = 1e-5
@@ -48,7 +48,7 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, *, method: str
     this get small_iterations).
     method="blur_fusion" options: box_sizes=(90, 6) (box widths of the two passes, in pixels).
     """
-    _check_inputs(image, alpha)
+    check_image_alpha(image, alpha)
     work = torch.float64 if image.dtype == torch.float64 else torch.float32
     image32, alpha32 = image.to(work), alpha.to(work)
     if method == "multilevel":
@@ -60,8 +60,9 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, *, method: str
     return result.to(image.dtype)
 
 
-def _check_inputs(image: torch.Tensor, alpha: torch.Tensor) -> None:
-    """Raise InputError naming what is wrong with an (image, alpha) pair."""
+def check_image_alpha(image: torch.Tensor, alpha: torch.Tensor) -> None:
+    """Raise InputError naming what is wrong with an (image (B, 3, H, W), alpha (B, 1, H, W))
+    pair of float tensors in [0, 1]; shared by every function that takes such a pair."""
     for name, tensor, channels in (("image", image, 3), ("alpha", alpha, 1)):
         if not isinstance(tensor, torch.Tensor):
             raise InputError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -75,13 +76,16 @@ def _check_inputs(image: torch.Tensor, alpha: torch.Tensor) -> None:
             raise InputError(f"{name} is empty: shape {tuple(tensor.shape)}")
         if bool(torch.isnan(tensor).any()):
             raise InputError(f"{name} contains NaN values")
+    same = "they must have the same batch size, height and width"
     if image.shape[0] != alpha.shape[0]:
-        raise InputError(f"image and alpha batch sizes differ: {image.shape[0]} vs {alpha.shape[0]}")
+        raise InputError(f"image and alpha batch sizes differ ({image.shape[0]} vs "
+                         f"{alpha.shape[0]}): {same}")
     if image.shape[-2:] != alpha.shape[-2:]:
-        raise InputError(f"image and alpha sizes differ: {tuple(image.shape[-2:])} vs "
-                         f"{tuple(alpha.shape[-2:])}")
+        raise InputError(f"image and alpha sizes differ ({tuple(image.shape[-2:])} vs "
+                         f"{tuple(alpha.shape[-2:])}): {same}")
     if image.device != alpha.device:
-        raise InputError(f"image and alpha are on different devices: {image.device} vs {alpha.device}")
+        raise InputError(f"image is on {image.device} but alpha is on {alpha.device}; move them "
+                         "to one device")
 
 
 # ----------------------------------------------------------------------------- multilevel

@@ -12,11 +12,12 @@ import os
 import re
 from dataclasses import dataclass
 
+from .decoder import PATCH_ORDERS
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PATCH_ORDERS = ("current", "legacy")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .foreground import check_image_alpha
 
 __all__ = ["refine_mask", "dilate_disk"]
 
@@ -102,23 +103,7 @@ def _feather(alpha: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _check_inputs(image: torch.Tensor, alpha: torch.Tensor, guided_radius: int,
                   guided_eps: float, grow: int, feather: float, band: int) -> None:
-    for name, tensor, channels in (("image", image, 3), ("alpha", alpha, 1)):
-        if not isinstance(tensor, torch.Tensor):
-            raise InputError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.ndim != 4 or tensor.shape[1] != channels:
-            raise InputError(f"{name} must have shape (B, {channels}, H, W), got "
-                             f"{tuple(tensor.shape)}")
-        if not tensor.is_floating_point():
-            raise InputError(f"{name} must be a float tensor with values in [0, 1], got "
-                             f"{tensor.dtype}")
-    if image.shape[0] != alpha.shape[0] or image.shape[-2:] != alpha.shape[-2:]:
-        raise InputError(f"image {tuple(image.shape)} and alpha {tuple(alpha.shape)} must have "
-                         "the same batch size, height and width")
-    if image.shape[0] == 0 or image.shape[-1] == 0 or image.shape[-2] == 0:
-        raise InputError(f"image and alpha are empty: {tuple(image.shape)}")
-    if image.device != alpha.device:
-        raise InputError(f"image is on {image.device} but alpha is on {alpha.device}; move them "
-                         "to one device")
+    check_image_alpha(image, alpha)
     for name, value in (("guided_radius", guided_radius), ("grow", grow), ("band", band)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(f"{name} must be an integer number of pixels, got {value!r}")
