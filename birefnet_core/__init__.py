@@ -3,9 +3,9 @@ Image Segmentation") in plain PyTorch. It loads every official checkpoint unchan
 imports ComfyUI.
 
 Public API: load_model, predict, predict_batched, detect_variant, refine_mask,
-estimate_foreground, and the CLI ``python -m birefnet_core``.
+estimate_foreground, matte_video / stream_mattes, and the CLI ``python -m birefnet_core``.
 """
-from . import batching
+from . import batching, temporal
 from .batching import predict_batched
 from .errors import BiRefNetError, CheckpointError, InputError, ModelNotAvailableError
 from .foreground import estimate_foreground
@@ -15,10 +15,11 @@ from .loading import ModelInfo, load_model
 from .model import BiRefNet
 from .refine import refine_mask
 from .variants import VARIANTS, BiRefNetVariant, detect_variant, get_variant
+from .video import matte_video, stream_mattes
 
 __all__ = [
     "BiRefNet", "BiRefNetError", "BiRefNetVariant", "CheckpointError", "InputError",
     "KNOWN_MODELS", "KnownModel", "ModelInfo", "ModelNotAvailableError", "VARIANTS",
     "detect_variant", "estimate_foreground", "get_variant", "load_model", "predict",
-    "predict_batched", "refine_mask",
+    "matte_video", "predict_batched", "refine_mask", "stream_mattes",
 ]

@@ -5,12 +5,14 @@ bounded by the chunk, not the batch.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
 
+from .errors import InputError
 from .inference import predict
 
 logger = logging.getLogger(__name__)
@@ -48,15 +50,36 @@ def predict_batched(model: nn.Module, images: torch.Tensor, *,
     depend on the chunk size); at one image per chunk the error is raised. ``progress`` is
     called after every chunk and may raise (for instance an interrupt) to stop.
     """
+    output_device = torch.device(output_device) if output_device is not None else images.device
+    masks = [chunk_masks for _, chunk_masks in iter_predictions(
+        model, images, resolution=resolution, batch_size=batch_size,
+        output_device=output_device, progress=progress)]
+    return torch.cat(masks, dim=0)
+
+
+def iter_predictions(model: nn.Module, frames: Iterable[torch.Tensor], *,
+                     resolution: int | tuple[int, int] | None = None, batch_size: int = 4,
+                     output_device: torch.device | str | None = "cpu",
+                     progress: Progress | None = None,
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``predict`` over a stream of (3, H, W) frames (or a (T, 3, H, W) tensor), yielding
+    (frames (n, 3, H, W), masks (n, 1, H, W)) chunk by chunk, in order.
+
+    Only the current chunk is held: device memory is bounded by ``batch_size``, host memory by
+    the chunk plus what the caller keeps. Out-of-memory halves the chunk as predict_batched
+    does. ``progress(done, total)`` (total: the stream's length, or 0 when unknown) runs
+    after every chunk and may raise to stop between chunks.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    total = images.shape[0]
+    total = len(frames) if hasattr(frames, "__len__") else 0
     device = next(model.parameters()).device
-    output_device = torch.device(output_device) if output_device is not None else images.device
-    results: list[torch.Tensor] = []
-    start = 0
-    while start < total:
-        chunk = images[start:start + batch_size]
+    source, pending, done = iter(frames), [], 0
+    while True:
+        pending.extend(itertools.islice(source, max(0, batch_size - len(pending))))
+        if not pending:
+            return
+        chunk = _stack_frames(pending[:batch_size], done)
         try:
             masks = predict(model, chunk.to(device), resolution)
         except Exception as error:       # noqa: BLE001 - only out-of-memory is handled
@@ -67,8 +90,22 @@ def predict_batched(model: nn.Module, images: torch.Tensor, *,
             logger.warning("BiRefNet ran out of memory; retrying with %d image(s) per pass",
                            batch_size)
             continue
-        results.append(masks.to(output_device))
-        start += chunk.shape[0]
+        del pending[:chunk.shape[0]]
+        done += chunk.shape[0]
+        yield chunk, masks.to(output_device if output_device is not None else chunk.device)
         if progress is not None:
-            progress(start, total)
-    return torch.cat(results, dim=0)
+            progress(done, total)
+
+
+def _stack_frames(frames: list[torch.Tensor], first_index: int) -> torch.Tensor:
+    """(n, 3, H, W) from n frames of equal size; names the first frame that differs."""
+    for offset, frame in enumerate(frames):
+        if not isinstance(frame, torch.Tensor) or frame.ndim != 3:
+            shape = tuple(frame.shape) if isinstance(frame, torch.Tensor) else type(frame).__name__
+            raise InputError(f"frame {first_index + offset} must be a (C, H, W) tensor, got "
+                             f"{shape}")
+        if frame.shape != frames[0].shape:
+            raise InputError(f"frame {first_index + offset} is {tuple(frame.shape)} but frame "
+                             f"{first_index} is {tuple(frames[0].shape)}: all frames of a video "
+                             "must have one size")
+    return torch.stack(frames)

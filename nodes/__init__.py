@@ -2,17 +2,23 @@
 from .composite import BiRefNetComposite
 from .loader import BiRefNetLoader
 from .refine_edges import BiRefNetRefineEdges
+from .routes import register_routes
 from .segment import BiRefNetSegment
+from .video_matte import BiRefNetVideoMatte
 
 NODE_CLASS_MAPPINGS = {
     "BiRefNetLoader": BiRefNetLoader,
     "BiRefNetSegment": BiRefNetSegment,
     "BiRefNetComposite": BiRefNetComposite,
     "BiRefNetRefineEdges": BiRefNetRefineEdges,
+    "BiRefNetVideoMatte": BiRefNetVideoMatte,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "BiRefNetLoader": "BiRefNet Loader",
     "BiRefNetSegment": "BiRefNet Segment",
     "BiRefNetComposite": "BiRefNet Composite",
     "BiRefNetRefineEdges": "BiRefNet Refine Edges",
+    "BiRefNetVideoMatte": "BiRefNet Video Matte",
 }
+
+register_routes()        # GET /birefnet/models for the web extension; nothing outside a server

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import birefnet_core
+from .preview import with_preview
 from .segment import per_image
 from .tensors import (NodeInputError, broadcast_batches, check_same_size, image_to_nchw,
                       mask_to_nchw, nchw_to_image, nchw_to_mask)
@@ -53,10 +54,14 @@ class BiRefNetRefineEdges:
                        "composite it with the refined mask for halo-free edges.",
                        "foreground with the refined mask as alpha (4 channels): save as PNG "
                        "for transparency.")
-    FUNCTION = "refine"
+    FUNCTION = "run"
     CATEGORY = "BiRefNet"
     DESCRIPTION = ("Refine a mask (guided filter, grow/shrink, feather, limited to a band around "
                    "the edge) and estimate the subject's colours at its soft edges.")
+
+    def run(self, image: torch.Tensor, mask: torch.Tensor, **options) -> dict:
+        outputs = self.refine(image, mask, **options)
+        return with_preview(NODE, outputs, image, outputs[2])
 
     def refine(self, image: torch.Tensor, mask: torch.Tensor, foreground_method: str,
                guided_radius: int, guided_eps: float, grow: int, feather: float,

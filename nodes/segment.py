@@ -9,6 +9,7 @@ import comfy.model_management as mm
 import comfy.utils
 
 from .. import birefnet_core
+from .preview import with_preview
 from .tensors import (NodeInputError, color_image, image_to_nchw, nchw_to_image, nchw_to_mask,
                       parse_color)
 
@@ -117,7 +118,7 @@ class BiRefNetSegment:
                        "The image with the mask as alpha (4 channels): save as PNG for "
                        "transparency.",
                        "The subject over background_color.")
-    FUNCTION = "segment"
+    FUNCTION = "run"
     CATEGORY = "BiRefNet"
     DESCRIPTION = "Cut the subject out of each image with BiRefNet."
 
@@ -132,6 +133,10 @@ class BiRefNetSegment:
         except NodeInputError as error:
             return str(error)
         return True
+
+    def run(self, model, image, **options) -> dict:
+        outputs = self.segment(model, image, **options)
+        return with_preview(NODE, outputs, image, outputs[1])
 
     def segment(self, model, image, resolution, batch_size, threshold, invert, background_color,
                 refine_edges=False):

@@ -209,6 +209,10 @@ class ComfyUIServer:
         except ValueError:
             return status, raw.decode("utf-8", "replace")
 
+    def get_bytes(self, path: str, timeout: float = 30.0) -> bytes:
+        with _OPENER.open(self.base_url + path, timeout=timeout) as reply:
+            return reply.read()
+
     def get_json(self, path: str) -> object:
         status, payload = self.request("GET", path)
         if status != 200:

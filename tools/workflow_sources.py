@@ -1,0 +1,152 @@
+"""The example workflows in API format, as Python: the single source from which
+tools/build_workflows.py writes ``workflows/<name>.api.json`` and, through the real frontend,
+the UI-format ``workflows/<name>.json`` and its thumbnail.
+
+Node ids are numbers (as strings) so every frontend loads them; each node has a ``_meta``
+title. Inputs that name files (images, videos, checkpoints) hold example names the user
+replaces; the BiRefNet model is a known name, downloaded on first use.
+"""
+from __future__ import annotations
+
+EXAMPLE_IMAGE = "birefnet_example.png"
+EXAMPLE_BACKGROUND = "birefnet_background.png"
+EXAMPLE_VIDEO = "birefnet_example.mp4"
+SD_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+MODEL = "BiRefNet"
+
+
+def _node(class_type: str, title: str, **inputs) -> dict:
+    return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
+
+
+def _loader(model: str = MODEL) -> dict:
+    return _node("BiRefNetLoader", "BiRefNet Loader", model=model, device="auto", dtype="auto",
+                 patch_order="auto", input_normalization="auto")
+
+
+def _segment(model: list, image: list, **options) -> dict:
+    inputs = dict(model=model, image=image, resolution=0, batch_size=4, threshold=0.0,
+                  invert=False, background_color="#FFFFFF", refine_edges=False)
+    inputs.update(options)
+    return _node("BiRefNetSegment", "BiRefNet Segment", **inputs)
+
+
+def _refine(image: list, mask: list, **options) -> dict:
+    inputs = dict(image=image, mask=mask, foreground_method="multilevel", guided_radius=0,
+                  guided_eps=0.001, grow=0, feather=0.0, band=0)
+    inputs.update(options)
+    return _node("BiRefNetRefineEdges", "BiRefNet Refine Edges", **inputs)
+
+
+def _save(images: list, prefix: str, title: str = "Save Image") -> dict:
+    return _node("SaveImage", title, images=images, filename_prefix=prefix)
+
+
+def transparent_png() -> dict:
+    """1. A photo to a transparent PNG, with decontaminated edge colours."""
+    return {
+        "1": _node("LoadImage", "Photo", image=EXAMPLE_IMAGE),
+        "2": _loader(),
+        "3": _segment(["2", 0], ["1", 0]),
+        "4": _refine(["1", 0], ["3", 0], band=8),
+        "5": _save(["4", 2], "birefnet/cutout", "Save transparent PNG"),
+        "6": _node("MaskToImage", "Mask as image", mask=["4", 0]),
+        "7": _save(["6", 0], "birefnet/mask", "Save mask"),
+    }
+
+
+def sd_compositing() -> dict:
+    """2. Cut a subject out, generate a new background with Stable Diffusion, composite, then
+    re-noise only a band around the subject's edge at low denoise so light and seam blend."""
+    prompt = ("a sunlit marble kitchen counter by a window, soft morning light, shallow depth "
+              "of field, product photography")
+    negative = "blurry, lowres, text, watermark"
+    return {
+        "1": _node("LoadImage", "Product photo", image=EXAMPLE_IMAGE),
+        "2": _loader(),
+        "3": _segment(["2", 0], ["1", 0]),
+        "4": _refine(["1", 0], ["3", 0]),
+        "10": _node("CheckpointLoaderSimple", "Stable Diffusion checkpoint",
+                    ckpt_name=SD_CHECKPOINT),
+        "11": _node("CLIPTextEncode", "Background prompt", text=prompt, clip=["10", 1]),
+        "12": _node("CLIPTextEncode", "Negative prompt", text=negative, clip=["10", 1]),
+        "13": _node("EmptyLatentImage", "Background size", width=768, height=512, batch_size=1),
+        "14": _node("KSampler", "Generate background", model=["10", 0], seed=42, steps=25,
+                    cfg=7.0, sampler_name="euler_ancestral", scheduler="normal",
+                    positive=["11", 0], negative=["12", 0], latent_image=["13", 0], denoise=1.0),
+        "15": _node("VAEDecode", "Background", samples=["14", 0], vae=["10", 2]),
+        "20": _node("BiRefNetComposite", "Subject over background", foreground=["4", 1],
+                    mask=["4", 0], background_fit="cover", background_color="#FFFFFF",
+                    background=["15", 0]),
+        "21": _node("GrowMask", "Grow mask", mask=["4", 0], expand=10, tapered_corners=True),
+        "22": _node("GrowMask", "Shrink mask", mask=["4", 0], expand=-10, tapered_corners=True),
+        "23": _node("MaskComposite", "Edge band", destination=["21", 0], source=["22", 0], x=0,
+                    y=0, operation="subtract"),
+        "24": _node("VAEEncode", "Encode composite", pixels=["20", 0], vae=["10", 2]),
+        "25": _node("SetLatentNoiseMask", "Re-noise the band only", samples=["24", 0],
+                    mask=["23", 0]),
+        "26": _node("KSampler", "Blend the seam", model=["10", 0], seed=7, steps=20, cfg=6.0,
+                    sampler_name="euler_ancestral", scheduler="normal", positive=["11", 0],
+                    negative=["12", 0], latent_image=["25", 0], denoise=0.35),
+        "27": _node("VAEDecode", "Blended", samples=["26", 0], vae=["10", 2]),
+        "30": _save(["20", 0], "birefnet/sd_composite", "Save composite"),
+        "31": _save(["27", 0], "birefnet/sd_blended", "Save blended"),
+    }
+
+
+def background_replacement() -> dict:
+    """3. The subject over another photo and over a flat colour, edges decontaminated."""
+    return {
+        "1": _node("LoadImage", "Photo", image=EXAMPLE_IMAGE),
+        "2": _node("LoadImage", "New background", image=EXAMPLE_BACKGROUND),
+        "3": _loader(),
+        "4": _segment(["3", 0], ["1", 0]),
+        "5": _refine(["1", 0], ["4", 0], guided_radius=2, guided_eps=0.001, band=6),
+        "6": _node("BiRefNetComposite", "Over the new background", foreground=["5", 1],
+                   mask=["5", 0], background_fit="cover", background_color="#FFFFFF",
+                   background=["2", 0]),
+        "7": _node("BiRefNetComposite", "Over a colour", foreground=["5", 1], mask=["5", 0],
+                   background_fit="cover", background_color="#1E90FF"),
+        "8": _save(["6", 0], "birefnet/replaced", "Save over background"),
+        "9": _save(["7", 0], "birefnet/colour", "Save over colour"),
+    }
+
+
+def video_matting() -> dict:
+    """4. A video's subject over a new background, saved as a video with the original audio."""
+    return {
+        "1": _node("LoadVideo", "Video", file=EXAMPLE_VIDEO),
+        "2": _node("GetVideoComponents", "Frames, audio, fps", video=["1", 0]),
+        "3": _node("LoadImage", "New background", image=EXAMPLE_BACKGROUND),
+        "4": _loader("BiRefNet_lite"),
+        "5": _node("BiRefNetVideoMatte", "BiRefNet Video Matte", model=["4", 0],
+                   frames=["2", 0], resolution=0, batch_size=4, stabilize=0.5,
+                   stabilize_method="median", refine_edges=True, background_color="#00FF00",
+                   background=["3", 0]),
+        "6": _node("CreateVideo", "Composite video", images=["5", 3], fps=["2", 2],
+                   audio=["2", 1]),
+        "7": _node("SaveVideo", "Save video", video=["6", 0], filename_prefix="birefnet/video",
+                   format="auto", codec="auto"),
+    }
+
+
+def headless_folder() -> dict:
+    """5. One image in, cutout and mask out: the workflow tools/comfy_client.py runs over a
+    folder (it swaps the Photo node's image for each file)."""
+    return {
+        "1": _node("LoadImage", "Photo", image=EXAMPLE_IMAGE),
+        "2": _loader(),
+        "3": _segment(["2", 0], ["1", 0], refine_edges=True),
+        "4": _save(["3", 1], "birefnet/batch/cutout", "Save cutout"),
+        "5": _node("MaskToImage", "Mask as image", mask=["3", 0]),
+        "6": _save(["5", 0], "birefnet/batch/mask", "Save mask"),
+    }
+
+
+WORKFLOWS = {
+    "01_transparent_png": transparent_png,
+    "02_sd_compositing": sd_compositing,
+    "03_background_replacement": background_replacement,
+    "04_video_matting": video_matting,
+    "05_headless_folder": headless_folder,
+}
