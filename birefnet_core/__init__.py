@@ -3,7 +3,9 @@ Image Segmentation") in plain PyTorch. It loads every official checkpoint unchan
 imports ComfyUI.
 
 Public API: load_model, predict, predict_batched, detect_variant, refine_mask,
-estimate_foreground, matte_video / stream_mattes, and the CLI ``python -m birefnet_core``.
+estimate_foreground, matte_video / stream_mattes, evaluate_pairs (the paper's metrics), and
+the CLIs ``python -m birefnet_core``, ``python -m birefnet_core.evaluate`` and
+``python -m birefnet_core.finetune``.
 """
 from . import batching, temporal
 from .batching import predict_batched
@@ -11,6 +13,7 @@ from .errors import BiRefNetError, CheckpointError, InputError, ModelNotAvailabl
 from .foreground import estimate_foreground
 from .inference import predict
 from .known_models import KNOWN_MODELS, KnownModel
+from .metrics import evaluate_pairs
 from .loading import ModelInfo, load_model
 from .model import BiRefNet
 from .refine import refine_mask
@@ -21,5 +24,5 @@ __all__ = [
     "BiRefNet", "BiRefNetError", "BiRefNetVariant", "CheckpointError", "InputError",
     "KNOWN_MODELS", "KnownModel", "ModelInfo", "ModelNotAvailableError", "VARIANTS",
     "detect_variant", "estimate_foreground", "get_variant", "load_model", "predict",
-    "matte_video", "predict_batched", "refine_mask", "stream_mattes",
+    "evaluate_pairs", "matte_video", "predict_batched", "refine_mask", "stream_mattes",
 ]

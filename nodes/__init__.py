@@ -1,5 +1,6 @@
 """ComfyUI nodes of the pack (V1 node API: it works from the 2024 ComfyUI to today's)."""
 from .composite import BiRefNetComposite
+from .evaluate import BiRefNetEvaluate
 from .loader import BiRefNetLoader
 from .refine_edges import BiRefNetRefineEdges
 from .routes import register_routes
@@ -12,6 +13,7 @@ NODE_CLASS_MAPPINGS = {
     "BiRefNetComposite": BiRefNetComposite,
     "BiRefNetRefineEdges": BiRefNetRefineEdges,
     "BiRefNetVideoMatte": BiRefNetVideoMatte,
+    "BiRefNetEvaluate": BiRefNetEvaluate,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "BiRefNetLoader": "BiRefNet Loader",
@@ -19,6 +21,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "BiRefNetComposite": "BiRefNet Composite",
     "BiRefNetRefineEdges": "BiRefNet Refine Edges",
     "BiRefNetVideoMatte": "BiRefNet Video Matte",
+    "BiRefNetEvaluate": "BiRefNet Evaluate",
 }
 
 register_routes()        # GET /birefnet/models for the web extension; nothing outside a server

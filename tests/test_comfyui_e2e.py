@@ -126,6 +126,7 @@ NODE_INPUTS = {
     "BiRefNetRefineEdges": {"image": "IMAGE", "mask": "MASK", "foreground_method": "COMBO",
                             "guided_radius": "INT", "guided_eps": "FLOAT", "grow": "INT",
                             "feather": "FLOAT", "band": "INT"},
+    "BiRefNetEvaluate": {"mask": "MASK", "ground_truth": "MASK"},
     "BiRefNetVideoMatte": {"model": "BIREFNET_MODEL", "frames": "IMAGE", "resolution": "INT",
                            "batch_size": "INT", "stabilize": "FLOAT", "stabilize_method": "COMBO",
                            "refine_edges": "BOOLEAN", "background_color": "STRING",
@@ -136,6 +137,7 @@ NODE_OUTPUTS = {
     "BiRefNetSegment": (["MASK", "IMAGE", "IMAGE"], ["mask", "cutout_rgba", "composite"]),
     "BiRefNetComposite": (["IMAGE"], ["image"]),
     "BiRefNetRefineEdges": (["MASK", "IMAGE", "IMAGE"], ["mask", "foreground", "cutout_rgba"]),
+    "BiRefNetEvaluate": (["STRING", "STRING"], ["table", "json"]),
     "BiRefNetVideoMatte": (["MASK", "IMAGE", "IMAGE", "IMAGE"],
                            ["masks", "foreground", "cutout_rgba", "composite"]),
 }
@@ -325,6 +327,19 @@ def test_model_status_route_tells_present_from_download(comfyui):
     download = models["BiRefNet_HR"]["download"]
     assert models["BiRefNet_HR"]["present"] is False
     assert download["repo"] == "ZhengPeng7/BiRefNet_HR" and download["to"].endswith("birefnet")
+
+
+def test_evaluate_scores_segment_masks_against_themselves(comfyui):
+    name = comfyui.put_input_image("e2e_evaluate.png", structured_image(seed=13))
+    prompt = segment_prompt(name, "e2e_evaluate")
+    prompt["truth"] = {"class_type": "GrowMask", "inputs": {"mask": ["segment", 0], "expand": 0,
+                                                          "tapered_corners": True}}
+    prompt["evaluate"] = {"class_type": "BiRefNetEvaluate",
+                          "inputs": {"mask": ["segment", 0], "ground_truth": ["truth", 0]}}
+    entry = comfyui.run(prompt)
+    assert_succeeded(comfyui, entry)
+    table, = entry["outputs"]["evaluate"]["birefnet_metrics"]
+    assert "maxFm" in table and "MAE" in table and table.startswith("1 masks")
 
 
 @pytest.fixture(autouse=True)

@@ -44,7 +44,7 @@ def _images(batch=2, height=45, width=70, channels=3, seed=0):
 def test_registration_and_metadata():
     assert set(pack.NODE_CLASS_MAPPINGS) == {"BiRefNetLoader", "BiRefNetSegment",
                                              "BiRefNetComposite", "BiRefNetRefineEdges",
-                                             "BiRefNetVideoMatte"}
+                                             "BiRefNetVideoMatte", "BiRefNetEvaluate"}
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():
         assert cls.CATEGORY == "BiRefNet" and pack.NODE_DISPLAY_NAME_MAPPINGS[name]
         assert callable(getattr(cls, cls.FUNCTION))
