@@ -32,8 +32,8 @@ def preview_ui(source: torch.Tensor, cutout: torch.Tensor, node: str) -> dict:
     """{"birefnet_preview": [{"before": file, "after": file, "index": i, "count": B}, ...]} for
     up to MAX_PREVIEWS images of a batch; files as ComfyUI's /view serves them."""
     count = cutout.shape[0]
-    picks = sorted({round(i * (count - 1) / max(1, MAX_PREVIEWS - 1))
-                    for i in range(min(count, MAX_PREVIEWS))})
+    shown = min(count, MAX_PREVIEWS)
+    picks = sorted({round(i * (count - 1) / max(1, shown - 1)) for i in range(shown)})
     entries = []
     for index in picks:
         before = source[min(index, source.shape[0] - 1)][..., :3].float().cpu()

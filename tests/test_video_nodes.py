@@ -2,6 +2,7 @@
 test_comfyui_e2e.py)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +107,6 @@ def test_run_adds_a_preview_and_leaves_the_outputs_alone(model):
         assert entry["count"] == 6 and entry["after"]["type"] == "temp"
         with Image.open(f"{folder_paths.get_temp_directory()}/{entry['after']['filename']}") as after:
             assert after.mode == "RGBA" and after.size == (44, 36)
-            alpha = torch.tensor(list(after.getdata()), dtype=torch.float32)[:, 3].view(36, 44)
+            alpha = torch.from_numpy(np.asarray(after)[..., 3].astype(np.float32))
         expected = returned["result"][0][entry["index"]] * 255
         assert (alpha - expected).abs().max() <= 0.51

@@ -82,7 +82,8 @@ def write_ui_files(server: str, folder: Path, names: list[str]) -> list[Path]:
             page.evaluate(_FIT, SCALE)
             page.wait_for_timeout(500)
             ui_path = folder / f"{name}.json"
-            ui_path.write_text(json.dumps(loaded["graph"], indent=1) + "\n", encoding="utf-8")
+            ui_path.write_text(json.dumps(portable(loaded["graph"]), indent=1) + "\n",
+                               encoding="utf-8")
             thumb = folder / f"{name}.png"
             page.keyboard.press("Escape")
             page.locator("#graph-canvas").screenshot(path=str(thumb))
@@ -109,3 +110,19 @@ def _open_fresh(page, server: str) -> None:
     page.wait_for_timeout(2000)                        # let the frontend finish its start-up
     page.keyboard.press("Escape")                      # the first-run template dialog
     page.wait_for_timeout(300)
+
+
+def portable(graph: dict) -> dict:
+    """The serialised graph in a form every frontend since 2024 loads: the current frontend
+    lists each widget as an input slot too, which the 2024 one reads as "widget converted to
+    input" (and then loses the value), so unlinked widget slots are dropped; empty (null)
+    fields of slots are dropped as well. Linked widget slots stay: both read them the same."""
+    for node in graph.get("nodes", []):
+        node["inputs"] = [_compact(slot) for slot in node.get("inputs", [])
+                          if not ("widget" in slot and slot.get("link") is None)]
+        node["outputs"] = [_compact(slot) for slot in node.get("outputs", [])]
+    return graph
+
+
+def _compact(slot: dict) -> dict:
+    return {key: value for key, value in slot.items() if value is not None or key == "link"}

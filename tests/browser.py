@@ -1,0 +1,250 @@
+"""Headless Chromium (Debian's /usr/bin/chromium, driven by Python playwright) on a ComfyUI page.
+
+The browser tests (tests/test_web.py, the workflow tests) import the fixtures ``browser``,
+``console_messages`` and ``page`` from here, next to the session fixture ``comfyui`` of
+tests/conftest.py, and use the helpers: load_ui_workflow, queue_and_wait, pack_console_errors,
+screenshot. Works with the 2024 frontend and the current one (``$COMFYUI_DIR``).
+
+The browser is Debian's package, never a downloaded build: tests/install_chromium.sh installs it.
+A missing browser fails the tests (never skips them).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.comfyui_server import PACK_LINK_NAME
+
+CHROMIUM = os.environ.get("BIREFNET_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+VIEWPORT = {"width": 1400, "height": 900}
+APP_TIMEOUT_MS = 60_000
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+EXTENSION_NAME = "birefnet.kit"       # web/js/birefnet.js registers this
+INSTALL_HINT = ("Chromium is missing at {path}: install Debian's package with "
+                "`apt-get install -y chromium` (tests/install_chromium.sh does it as root)")
+
+
+class BrowserUnavailable(RuntimeError):
+    """No Chromium binary or no playwright package."""
+
+
+# -- launching --------------------------------------------------------------------------------
+def check_chromium(path: str = CHROMIUM) -> str:
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise BrowserUnavailable(INSTALL_HINT.format(path=path))
+    return path
+
+
+def launch(user_data_dir: str | Path):
+    """(playwright, context): a persistent headless Chromium context in a fresh profile folder.
+    Stop both with close(...)."""
+    executable = check_chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as error:
+        raise BrowserUnavailable("the playwright Python package is missing: pip install "
+                                 "playwright (see requirements-test.txt)") from error
+    playwright = sync_playwright().start()
+    try:
+        context = playwright.chromium.launch_persistent_context(
+            str(user_data_dir), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
+            viewport=VIEWPORT, device_scale_factor=1)
+    except BaseException:
+        playwright.stop()
+        raise
+    # Only this machine is ever asked: the current frontend looks for news on the internet.
+    context.route(is_external, lambda route: route.abort())
+    return playwright, context
+
+
+def is_external(url: str) -> bool:
+    """Whether a request would leave this machine (anything but loopback http(s))."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and parts.hostname not in LOOPBACK
+
+
+def close(playwright, context) -> None:
+    try:
+        context.close()
+    finally:
+        playwright.stop()
+
+
+def record_console(page, messages: list[dict]) -> None:
+    """Append every console message and uncaught page error of page to messages, as
+    {"type", "text", "url"} ("pageerror" for uncaught errors, with the stack as url)."""
+    def on_console(message):
+        location = message.location or {}
+        messages.append({"type": message.type, "text": message.text,
+                         "url": location.get("url", "")})
+
+    def on_error(error):
+        messages.append({"type": "pageerror", "text": str(error),
+                         "url": getattr(error, "stack", "") or ""})
+
+    page.on("console", on_console)
+    page.on("pageerror", on_error)
+
+
+def open_comfyui(context, base_url: str, messages: list[dict]):
+    """A new page on ComfyUI, once the app, its graph, LiteGraph and the pack's extension are up."""
+    page = context.new_page()
+    record_console(page, messages)
+    page.goto(base_url, wait_until="domcontentloaded")
+    page.wait_for_function(
+        """(name) => window.app && window.app.graph && window.app.canvas && window.LiteGraph
+                     && (window.app.extensions || []).some((e) => e.name === name)""",
+        arg=EXTENSION_NAME, timeout=APP_TIMEOUT_MS)
+    close_dialogs(page)
+    return page
+
+
+def close_dialogs(page) -> None:
+    """Close what the current frontend may open on a first visit (the templates dialog)."""
+    for _ in range(3):
+        if not page.evaluate("() => !!document.querySelector('.p-dialog-mask')"):
+            return
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(200)
+
+
+def skip_first_run_dialogs(comfyui) -> None:
+    """Tell the current frontend that this (fresh) user has seen its tutorial, so that no
+    template browser opens over the canvas. The 2024 server just stores the setting."""
+    comfyui.request("POST", "/settings/Comfy.TutorialCompleted", True)
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium context (fresh profile), shared by a test module."""
+    profile = tempfile.mkdtemp(prefix="birefnet-chromium-")
+    problem = None
+    try:
+        playwright, context = launch(profile)
+    except BrowserUnavailable as error:
+        problem = str(error)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield context
+    finally:
+        close(playwright, context)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def console_messages() -> list[dict]:
+    """What the page of the ``page`` fixture logged (see record_console)."""
+    return []
+
+
+@pytest.fixture
+def page(browser, comfyui, console_messages):
+    """A fresh ComfyUI page (the app, graph and pack extension loaded)."""
+    skip_first_run_dialogs(comfyui)
+    opened = open_comfyui(browser, comfyui.base_url, console_messages)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def load_ui_workflow(page, workflow: dict) -> None:
+    """Load a UI-format workflow (nodes, links, ...) into the page's graph: app.loadGraphData."""
+    page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", workflow)
+
+
+_QUEUE_AND_WAIT = """
+async ([timeoutMs]) => {
+  const { api } = await import('/scripts/api.js');
+  const app = window.app;
+  return await new Promise((resolve) => {
+    const original = api.queuePrompt;
+    let promptId = null;
+    let done = false;
+    const listeners = [];
+    const finish = (result) => {
+      if (done) return;
+      done = true;
+      for (const [type, fn] of listeners) api.removeEventListener(type, fn);
+      api.queuePrompt = original;
+      clearTimeout(timer);
+      resolve({ prompt_id: promptId, ...result });
+    };
+    const on = (type, fn) => { listeners.push([type, fn]); api.addEventListener(type, fn); };
+    const mine = (detail) => !promptId || !detail?.prompt_id || detail.prompt_id === promptId;
+    const timer = setTimeout(() => finish({ status: 'timeout' }), timeoutMs);
+    // The 2024 frontend ends a prompt with `executing` null; the current one also sends
+    // execution_success (and its `executing` detail is the node id, or null at the end).
+    let endedEarly = false;   // the end came over the websocket before the POST's answer
+    on('executing', ({ detail }) => {
+      const node = detail && typeof detail === 'object' ? detail.node : detail;
+      if (node != null) return;
+      if (promptId) finish({ status: 'success' });
+      else endedEarly = true;
+    });
+    on('execution_success', ({ detail }) => { if (mine(detail)) finish({ status: 'success' }); });
+    on('execution_error', ({ detail }) => {
+      if (mine(detail)) finish({ status: 'error', error: detail });
+    });
+    on('execution_interrupted', ({ detail }) => {
+      if (mine(detail)) finish({ status: 'interrupted', error: detail });
+    });
+    // Learn the prompt id (and validation errors) from the API call the app makes.
+    api.queuePrompt = async function (...args) {
+      try {
+        const response = await original.apply(this, args);
+        promptId = response?.prompt_id ?? null;
+        const errors = response?.node_errors;
+        if (errors && Object.keys(errors).length) finish({ status: 'rejected', error: errors });
+        else if (endedEarly) finish({ status: 'success' });
+        return response;
+      } catch (error) {
+        finish({ status: 'rejected', error: error?.response ?? String(error) });
+        throw error;
+      }
+    };
+    Promise.resolve(app.queuePrompt(0, 1)).catch(
+      (error) => finish({ status: 'rejected', error: String(error) }));
+  });
+}
+"""
+
+
+def queue_and_wait(page, timeout: float = 120.0) -> dict:
+    """Queue the page's graph (app.queuePrompt(0, 1)) and wait until it has run.
+
+    Returns {"status": "success", "prompt_id"}; raises AssertionError on a rejected, failed,
+    interrupted or timed-out prompt.
+    """
+    result = page.evaluate(_QUEUE_AND_WAIT, [int(timeout * 1000)])
+    if result.get("status") != "success":
+        raise AssertionError(f"the queued prompt did not succeed: {result}")
+    return result
+
+
+def pack_console_errors(messages: list[dict]) -> list[dict]:
+    """The console errors and uncaught page errors that come from the pack's files or mention
+    BiRefNet."""
+    def from_pack(message: dict) -> bool:
+        where = f"{message.get('url', '')}\n{message.get('text', '')}".lower()
+        return PACK_LINK_NAME in where or "birefnet" in where
+
+    return [m for m in messages if m.get("type") in ("error", "pageerror") and from_pack(m)]
+
+
+def screenshot(page, path: str | Path) -> Path:
+    """A PNG of the page's viewport at path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path))
+    return path

@@ -1,0 +1,212 @@
+// The pack's ComfyUI frontend extension, for the 2024 frontend and the current one alike.
+//
+// - BiRefNetSegment, BiRefNetRefineEdges and BiRefNetVideoMatte: a before/after preview of the
+//   cutout inside the node (birefnet_preview.js), state in `node.birefnetPreview`.
+// - BiRefNetEvaluate: its metrics table inside the node (birefnet_metrics.js).
+// - BiRefNetLoader: whether the chosen model is on disk or will be downloaded on first run (and
+//   from where, to where), from GET /birefnet/models; state in `node.birefnetModelStatus`.
+//
+// This file is served as /extensions/<pack>/js/birefnet.js (WEB_DIRECTORY is ./web), so
+// ComfyUI's scripts are three folders up.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+import { METRICS_WIDGET, showMetrics } from "./birefnet_metrics.js";
+import { PREVIEW_WIDGET, showPreview } from "./birefnet_preview.js";
+
+const PREVIEW_NODES = new Set(["BiRefNetSegment", "BiRefNetRefineEdges", "BiRefNetVideoMatte"]);
+const LOADER = "BiRefNetLoader";
+const EVALUATE = "BiRefNetEvaluate";
+const STATUS_WIDGET = "birefnet_model_status";
+const LINE = 16;
+const OWN_WIDGETS = new Set([PREVIEW_WIDGET, STATUS_WIDGET, METRICS_WIDGET]);
+const COLORS = { "on disk": "#4caf50", download: "#ffb300", missing: "#e53935", unknown: "#888" };
+
+// -- GET /birefnet/models ---------------------------------------------------------------------
+const models = { byName: new Map(), available: false, request: null, warned: false };
+
+/** Fetch the model list (one request at a time; force: ask again even if one is known). */
+function fetchModels(force = false) {
+	if (models.request && !force) return models.request;
+	const request = (async () => {
+		try {
+			const response = await api.fetchApi("/birefnet/models", { cache: "no-store" });
+			if (!response.ok) throw new Error(`HTTP ${response.status}`);
+			const body = await response.json();
+			models.byName = new Map((body.models ?? []).map((entry) => [entry.name, entry]));
+			models.available = true;
+		} catch (error) {
+			models.available = false;
+			if (!models.warned) {
+				models.warned = true;
+				console.warn(`BiRefNet: model status unavailable (/birefnet/models: ${error.message})`);
+			}
+		}
+		for (const node of loaderNodes()) updateStatus(node);
+		return models;
+	})();
+	models.request = request;
+	return request;
+}
+
+function allNodes(graph, seen = new Set()) {
+	if (!graph || seen.has(graph)) return [];
+	seen.add(graph);
+	const nodes = [...(graph._nodes ?? graph.nodes ?? [])];
+	for (const node of [...nodes]) {
+		if (node.subgraph) nodes.push(...allNodes(node.subgraph, seen));
+	}
+	return nodes;
+}
+
+function loaderNodes() {
+	return allNodes(app.graph).filter((node) => node.comfyClass === LOADER || node.type === LOADER);
+}
+
+// -- the Loader's status line -----------------------------------------------------------------
+/** {name, state, label, detail, lines, entry} for a model choice: lines are what the widget
+ * shows under the label. */
+function describe(name) {
+	const status = (state, label, lines = [], entry = undefined) =>
+		({ name, state, label, detail: lines.join(" "), lines, entry });
+	if (!models.available) return status("unknown", "model status unavailable");
+	const entry = models.byName.get(name);
+	if (!entry) return status("unknown", "not in the model list (refresh?)");
+	if (entry.present) return status("on disk", "on disk", [entry.path ?? ""], entry);
+	const download = entry.download;
+	if (!download) return status("missing", "missing: not on disk, no download known", [], entry);
+	const gated = download.gated ? " (gated: needs a Hugging Face token)" : "";
+	return status("download", `download on first run${gated}`,
+		[`from ${download.repo}/${download.file}`, `to ${download.to}`], entry);
+}
+
+function modelWidget(node) {
+	return node.widgets?.find((w) => w.name === "model");
+}
+
+function statusHeight(node) {
+	return 20 + LINE * (node.birefnetModelStatus?.lines.length ?? 0);
+}
+
+function updateStatus(node) {
+	const widget = modelWidget(node);
+	if (!widget) return;
+	node.birefnetModelStatus = describe(widget.value);
+	const needed = node.computeSize?.()[1];
+	if (needed > node.size[1]) node.setSize([node.size[0], needed]);
+	node.setDirtyCanvas?.(true, true);
+}
+
+/** text cut to width: the start elided (paths matter at their end), a "from "/"to " kept. */
+function fitText(ctx, text, width) {
+	if (ctx.measureText(text).width <= width) return text;
+	const head = /^(from|to) /.exec(text)?.[0] ?? "";
+	const tail = text.slice(head.length);
+	let keep = tail.length;
+	while (keep > 1 && ctx.measureText(`${head}…${tail.slice(tail.length - keep)}`).width > width) {
+		keep--;
+	}
+	return `${head}…${tail.slice(tail.length - keep)}`;
+}
+
+function statusWidget(node) {
+	return {
+		name: STATUS_WIDGET,
+		type: STATUS_WIDGET,
+		value: null,
+		serialize: false,
+		options: { serialize: false },
+		draw(ctx, _node, width, y, _height, lowQuality) {
+			const value = modelWidget(node)?.value;
+			if (node.birefnetModelStatus?.name !== value) updateStatus(node);
+			const status = node.birefnetModelStatus;
+			if (!status) return;
+			ctx.save();
+			ctx.font = "12px Arial, sans-serif";
+			ctx.textBaseline = "middle";
+			ctx.textAlign = "left";
+			ctx.fillStyle = COLORS[status.state] ?? COLORS.unknown;
+			ctx.beginPath();
+			ctx.arc(20, y + 10, 5, 0, 2 * Math.PI);
+			ctx.fill();
+			if (lowQuality) {             // zoomed far out: no text, as for the other widgets
+				ctx.restore();
+				return;
+			}
+			ctx.fillText(fitText(ctx, status.label, width - 50), 32, y + 10);
+			ctx.fillStyle = "#999";
+			ctx.font = "11px Arial, sans-serif";
+			status.lines.forEach((line, i) => {
+				ctx.fillText(fitText(ctx, line, width - 30), 15, y + 10 + LINE * (i + 1));
+			});
+			ctx.restore();
+		},
+		computeSize(width) {
+			return [width ?? node.size[0], statusHeight(node)];
+		},
+	};
+}
+
+function setUpLoader(node) {
+	const widget = modelWidget(node);
+	if (!widget || node.widgets.some((w) => w.name === STATUS_WIDGET)) return;
+	const callback = widget.callback;
+	widget.callback = function (...args) {
+		const result = callback?.apply(this, args);
+		updateStatus(node);
+		fetchModels(true);          // a new file may have appeared since the last look
+		return result;
+	};
+	node.addCustomWidget(statusWidget(node));
+	const size = node.computeSize();
+	node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
+	updateStatus(node);
+	fetchModels();
+}
+
+// -- registration -----------------------------------------------------------------------------
+/** Keep the pack's widgets out of a saved workflow's widgets_values. The current frontend
+ * skips widgets marked serialize: false by itself; the 2024 one lists every widget's value, so
+ * there (and only when the list has one value per widget) ours are taken out. */
+function dropOwnValues(node, data) {
+	const values = data?.widgets_values;
+	if (!Array.isArray(values) || !node.widgets || values.length !== node.widgets.length) return;
+	for (let i = node.widgets.length - 1; i >= 0; i--) {
+		if (OWN_WIDGETS.has(node.widgets[i]?.name)) values.splice(i, 1);
+	}
+}
+
+app.registerExtension({
+	name: "birefnet.kit",
+	async setup() {
+		fetchModels();
+	},
+	async beforeRegisterNodeDef(nodeType, nodeData) {
+		const shows = PREVIEW_NODES.has(nodeData.name) || nodeData.name === EVALUATE;
+		if (!shows && nodeData.name !== LOADER) return;
+		const onSerialize = nodeType.prototype.onSerialize;
+		nodeType.prototype.onSerialize = function (data) {
+			const result = onSerialize?.apply(this, arguments);
+			dropOwnValues(this, data);
+			return result;
+		};
+		if (shows) {
+			const onExecuted = nodeType.prototype.onExecuted;
+			nodeType.prototype.onExecuted = function (output) {
+				const result = onExecuted?.apply(this, arguments);
+				try {
+					if (output?.birefnet_preview) showPreview(this, output.birefnet_preview, api);
+					if (output?.birefnet_metrics) showMetrics(this, output.birefnet_metrics);
+				} catch (error) {
+					console.warn("BiRefNet:", error);
+				}
+				return result;
+			};
+		}
+	},
+	async nodeCreated(node) {
+		if (node.comfyClass === LOADER) setUpLoader(node);
+	},
+	async refreshComboInNodes() {
+		await fetchModels(true);
+	},
+});
