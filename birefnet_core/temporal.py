@@ -117,11 +117,24 @@ class TemporalStabilizer:
         low, high = max(0, index - self.radius), min(len(self._window), index + self.radius + 1)
         frame, mask, small = self._window[index]
         window = list(self._window)[low:high]
-        median = torch.stack([m.float() for _, m, _ in window]).median(dim=0).values  # (1, H, W)
+        median = _lower_median([m.float() for _, m, _ in window])                 # (1, H, W)
         change = torch.stack([(other - small).abs().mean(dim=0) for _, _, other in window]
                              ).amax(dim=0, keepdim=True)                         # (1, h, w)
         mix = self._still(change, tuple(mask.shape[-2:])).mul_(min(1.0, 2.0 * self.strength))
         return frame, torch.lerp(mask.float(), median, mix).to(mask.dtype)
+
+
+def _lower_median(values: list[torch.Tensor]) -> torch.Tensor:
+    """Element-wise lower median (what torch.median gives) of a few same-shape tensors, by an
+    odd-even transposition sorting network of min/max: for 3-5 frames several times faster
+    than torch.median over a stacked dim."""
+    ordered = list(values)
+    for round_index in range(len(ordered)):
+        for i in range(round_index % 2, len(ordered) - 1, 2):
+            low = torch.minimum(ordered[i], ordered[i + 1])
+            ordered[i + 1] = torch.maximum(ordered[i], ordered[i + 1])
+            ordered[i] = low
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _downscale(frame: torch.Tensor, longest: int) -> torch.Tensor:

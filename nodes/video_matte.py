@@ -27,9 +27,11 @@ class BiRefNetVideoMatte:
             "resolution": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 32,
                                    "tooltip": "Working resolution (multiple of 32); 0: the "
                                               "model's own."}),
-            "batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
+            "batch_size": ("INT", {"default": 0, "min": 0, "max": 64,
                                    "tooltip": "Frames per forward pass; halved automatically if "
-                                              "memory runs out (the masks do not change)."}),
+                                              "memory runs out (the masks do not change). 0: "
+                                              "auto (1 on the CPU, where batches measured "
+                                              "slower; 4 on a GPU)."}),
             "stabilize": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                                     "tooltip": "Temporal smoothing of the masks where the scene "
                                                "holds still (less flicker; moving edges do not "

@@ -120,7 +120,7 @@ def video_matting() -> dict:
         "3": _node("LoadImage", "New background", image=EXAMPLE_BACKGROUND),
         "4": _loader("BiRefNet_lite"),
         "5": _node("BiRefNetVideoMatte", "BiRefNet Video Matte", model=["4", 0],
-                   frames=["2", 0], resolution=0, batch_size=4, stabilize=0.5,
+                   frames=["2", 0], resolution=0, batch_size=0, stabilize=0.5,
                    stabilize_method="median", refine_edges=True, background_color="#00FF00",
                    background=["3", 0]),
         "6": _node("CreateVideo", "Composite video", images=["5", 3], fps=["2", 2],
