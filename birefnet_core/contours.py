@@ -105,13 +105,18 @@ def trace_borders(mask: Array) -> Borders:
 
 def _neighbourhood_codes(padded: Array) -> Array:
     """uint8 code per pixel: bit k set when the neighbour in chain direction k is set (only
-    meaningful inside the padding ring, which is all that is ever read)."""
-    h, w = padded.shape[0] - 2, padded.shape[1] - 2
+    meaningful inside the padding ring, which is all that is ever read; the ring is 0)."""
+    stride = padded.shape[1]
+    values = padded.view(np.uint8).reshape(-1)
     codes = np.zeros(padded.shape, np.uint8)
-    inner = codes[1:-1, 1:-1]
-    values = padded.view(np.uint8)
+    low, high = stride + 1, values.size - stride - 1       # flat runs: contiguous, faster
+    inner = codes.reshape(-1)[low:high]
+    shifted = np.empty_like(inner)
     for bit, (dx, dy) in enumerate(_DIRECTIONS):
-        inner |= values[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx] << bit
+        offset = dx + dy * stride
+        np.left_shift(values[low + offset:high + offset], bit, out=shifted)
+        inner |= shifted
+    codes[:, [0, -1]] = 0                                   # the flat runs wrap through these
     return codes
 
 

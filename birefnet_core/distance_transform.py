@@ -40,22 +40,25 @@ class FeatureTransform:
         inside_run[:, 1:] &= features[:, :-1]
         inside_run[:, :-1] &= features[:, 1:]
         inside_run[:, [0, -1]] = False
-        # int32 while the chord tests cannot overflow (gaps < 3 (h + w) + 8, factors <= 4)
-        small = 4 * (3 * (h + w) + 8) ** 2 < 2 ** 31
+        # int32 while the chord tests (2 s_x - s_l - s_r, |.| <= 2 gap^2) cannot overflow:
+        # gaps < 3 (h + w) + 8
+        small = 2 * (3 * (h + w) + 8) ** 2 < 2 ** 31
         squares = column_gap.astype(np.int32 if small else np.int64) ** 2
         candidate = features.any(axis=0)[None, :] & ~inside_run
         _drop_above_chords(candidate, squares)
         rows, cols = np.nonzero(candidate)
         rows, cols, heights = _lower_hull(rows, cols,
                                           cols * cols + squares[candidate].astype(np.int64))
-        self._cols, self._heights = cols, heights
+        # int32 where the squared distances (< h^2 + w^2) and their terms fit
+        exact = np.int32 if 4 * (h * h + w * w) < 2 ** 31 else np.int64
+        self._cols, self._heights = cols.astype(exact), heights.astype(exact)
         self._hull_index = _envelope_index(rows, cols, heights, h, w)
 
     def squared_distance(self) -> Array:
-        """(h, w) int64 squared distance to the nearest feature: the envelope's value
+        """(h, w) integer squared distance to the nearest feature: the envelope's value
         heights[k] - 2 x cols[k] + x^2 (0 on features)."""
         index = self._hull_index
-        x = np.arange(self.features.shape[1])
+        x = np.arange(self.features.shape[1], dtype=self._cols.dtype)
         squared = self._heights[index] - 2 * x * self._cols[index] + x * x
         squared[self.features] = 0
         return squared
@@ -77,32 +80,34 @@ def nearest_feature(features: Array) -> tuple[Array, Array, Array]:
     return transform.squared_distance(), rows.reshape(shape), cols.reshape(shape)
 
 
-_CHORDS = ((1, 1), (2, 2))
+# Chord reaches a: the reaches doubling up to 8 catch most points of long convex chains,
+# which the hull's sweeps would otherwise peel a point at a time (about a third faster).
+_CHORD_REACHES = (1, 2, 4, 8)
 
 
 def _drop_above_chords(candidate: Array, squares: Array) -> None:
-    """Clear candidates (y, x) lying strictly above the chord between (y, x - a) and (y, x + b)
-    for the offsets in _CHORDS; the point of column j is (j, j^2 + squares[y, j]).
+    """Clear candidates (y, x) lying strictly above the chord between (y, x - a) and (y, x + a)
+    for the reaches a in _CHORD_REACHES; the point of column j is (j, j^2 + squares[y, j]).
 
-    With left l = x - a and right r = x + b the test (y_x - y_l) (a + b) > (y_r - y_l) a
-    simplifies, the column terms cancelling to a * b * (a + b), to
-    (a + b) s_x > b s_l + a s_r + a b (a + b).
+    With left l = x - a and right r = x + a the test 2 (y_x - y_l) > y_r - y_l simplifies, the
+    column terms cancelling to 2 a^2, to 2 s_x - s_l - s_r > 2 a^2.
     """
     w = squares.shape[1]
-    for a, b in _CHORDS:
-        if a + b >= w:
+    for a in _CHORD_REACHES:
+        if 2 * a >= w:
             break
-        middle = squares[:, a:w - b]
-        above = (a + b) * middle > b * squares[:, :w - a - b] + a * squares[:, a + b:] \
-            + a * b * (a + b)
-        candidate[:, a:w - b] &= ~above
+        excess = squares[:, a:w - a] << 1
+        excess -= squares[:, :w - 2 * a]
+        excess -= squares[:, 2 * a:]
+        candidate[:, a:w - a] &= excess <= 2 * a * a
 
 
 def _nearest_in_columns(features: Array) -> tuple[Array, Array]:
     """Per pixel, its column's nearest feature row (ties: the upper) and the vertical gap."""
     h, w = features.shape
-    far = np.int32(2 * (h + w) + 4)                               # "no feature": far away
-    rows = np.arange(h, dtype=np.int32)[:, None]
+    kind = np.int16 if 3 * (h + w) + 8 < 2 ** 15 else np.int32   # holds every row and gap
+    far = kind(2 * (h + w) + 4)                                   # "no feature": far away
+    rows = np.arange(h, dtype=kind)[:, None]
     above = np.where(features, rows, -far)
     below = np.where(features, rows, far)
     for y in range(1, h):                                         # running max downwards
@@ -205,6 +210,7 @@ def _envelope_index(rows: Array, cols: Array, heights: Array, h: int, w: int) ->
     switch = np.clip(np.floor_divide(numerator, denominator) + 1, 0, w)
     events = rows[pair] * (w + 1) + switch
     counts = np.bincount(events, minlength=h * (w + 1)).reshape(h, w + 1)
-    steps = np.cumsum(counts, axis=1)[:, :w]
-    row_start = np.searchsorted(rows, np.arange(h))
+    steps = np.cumsum(counts, axis=1, dtype=np.intp if len(rows) >= 2 ** 31 else np.int32)
+    row_start = np.searchsorted(rows, np.arange(h)).astype(steps.dtype)
+    steps = steps[:, :w]
     return row_start[:, None] + steps

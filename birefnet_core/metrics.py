@@ -20,14 +20,16 @@ prediction; here a mismatch is an error).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .distance_transform import FeatureTransform
 from .errors import InputError
 from .metrics_boundary import boundary_accuracy, boundary_iou_curve, human_correction_effort
+from .task_pool import run_overlapped
 
 Array = np.ndarray
 
@@ -36,6 +38,7 @@ _EPS = np.spacing(1)
 TABLE_COLUMNS = ("maxFm", "wFmeasure", "MAE", "Smeasure", "meanEm", "HCE", "maxEm", "meanFm",
                  "adpEm", "adpFm", "mBA", "maxBIoU", "meanBIoU")
 CURVES = ("Fm_curve", "Em_curve", "BIoU_curve")
+_POOL_PIXELS = 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,10 @@ def as_uint8(image, name: str = "image") -> Array:
 def _normalised(pred: Array) -> Array:
     """The official preparation: scale to [0, 1], then min-max normalise if not constant."""
     scaled = pred / 255
-    low, high = scaled.min(), scaled.max()
+    low, high = pred.min() / 255, pred.max() / 255       # = scaled's (division is monotonic)
     if high != low:
-        scaled = (scaled - low) / (high - low)
+        scaled -= low                                     # in place: the same values
+        scaled /= high - low
     return scaled
 
 
@@ -95,28 +99,45 @@ def _normalised(pred: Array) -> Array:
 
 def score_image(pred, gt, gt_skeleton: Array | None = None) -> ImageScores:
     """All metrics of one pair (``gt_skeleton``: a precomputed skeleton of gt > 128)."""
+    pred8, gt8 = _checked_pair(pred, gt)
+    return _scores(pred8, gt8, _effort(pred8, gt8, gt_skeleton))
+
+
+def _checked_pair(pred, gt) -> tuple[Array, Array]:
     pred8, gt8 = as_uint8(pred, "prediction"), as_uint8(gt, "ground truth")
     if pred8.shape != gt8.shape:
         raise InputError(f"the prediction is {pred8.shape[1]}x{pred8.shape[0]} but the ground "
                          f"truth is {gt8.shape[1]}x{gt8.shape[0]} (width x height)")
+    return pred8, gt8
+
+
+def _effort(pred8: Array, gt8: Array, gt_skeleton: Array | None = None) -> int:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return human_correction_effort(pred8, gt8, gt_skeleton)
+
+
+def _scores(pred8: Array, gt8: Array, hce: int) -> ImageScores:
+    """Every metric but HCE (given) of a checked uint8 pair."""
     truth = gt8 > 128
     soft = _normalised(pred8)
     quantized = (soft * 255).astype(np.uint8)
     f_curve, e_curve = threshold_curves(quantized, truth)
     adaptive_f, adaptive_e = adaptive_scores(soft, truth)
+    error = soft - truth
+    np.abs(error, out=error)
     with np.errstate(divide="ignore", invalid="ignore"):
         return ImageScores(
-            s_measure=s_measure(soft, truth), mae=float(np.mean(np.abs(soft - truth))),
-            weighted_f=weighted_f_measure(soft, truth), adaptive_f=adaptive_f,
-            adaptive_e=adaptive_e, hce=human_correction_effort(pred8, gt8, gt_skeleton),
-            boundary_accuracy=boundary_accuracy(pred8, gt8), f_curve=f_curve, e_curve=e_curve,
-            biou_curve=boundary_iou_curve(quantized, truth))
+            s_measure=s_measure(soft, truth), mae=float(np.mean(error)),
+            weighted_f=weighted_f_measure(soft, truth, error=error), adaptive_f=adaptive_f,
+            adaptive_e=adaptive_e, hce=hce, boundary_accuracy=boundary_accuracy(pred8, gt8),
+            f_curve=f_curve, e_curve=e_curve, biou_curve=boundary_iou_curve(quantized, truth))
 
 
 def threshold_curves(quantized: Array, truth: Array) -> tuple[Array, Array]:
     """F-measure and E-measure at the thresholds 255, 254, ..., 0 of the quantised prediction."""
-    counts = np.bincount(quantized.reshape(-1).astype(np.intp) + 256 * truth.reshape(-1),
-                         minlength=512)
+    key = truth.view(np.uint8).astype(np.uint16) << 8          # 256 * truth + quantized
+    key |= quantized
+    counts = np.bincount(key.reshape(-1), minlength=512)
     true_pos = np.cumsum(counts[256:][::-1])
     false_pos = np.cumsum(counts[:256][::-1])
     truth_size = int(np.count_nonzero(truth))
@@ -164,12 +185,13 @@ def _e_measure(true_pos: Array, false_pos: Array, truth_size: int, size: int) ->
 
 def s_measure(soft: Array, truth: Array, alpha: float = 0.5) -> float:
     """Structure measure: object-aware and region-aware similarity, weighted by ``alpha``."""
-    share = truth.mean()
+    share = np.count_nonzero(truth) / truth.size          # = truth.mean(), exactly
     if share == 0:
         return float(1 - soft.mean())
     if share == 1:
         return float(soft.mean())
-    inside, outside = soft[truth], 1 - soft[~truth]
+    inside, outside = soft[truth], soft[~truth]
+    np.subtract(1, outside, out=outside)
     object_score = share * _object_similarity(inside) + (1 - share) * \
         _object_similarity(outside)
     score = alpha * object_score + (1 - alpha) * _region_similarity(soft, truth)
@@ -185,8 +207,8 @@ def _object_similarity(values: Array) -> float:
 def _region_similarity(soft: Array, truth: Array) -> float:
     """SSIM of the four blocks split at the ground truth's centroid, weighted by area."""
     h, w = truth.shape
-    ys, xs = np.nonzero(truth)
-    y, x = int(np.round(ys.mean())) + 1, int(np.round(xs.mean())) + 1
+    y, x = (int(np.round(_mean_position(np.count_nonzero(truth, axis=axis)))) + 1
+            for axis in (1, 0))
     area = h * w
     w1, w2, w3 = x * y / area, y * (w - x) / area, (h - y) * x / area
     blocks = ((slice(0, y), slice(0, x)), (slice(0, y), slice(x, w)),
@@ -196,12 +218,19 @@ def _region_similarity(soft: Array, truth: Array) -> float:
                for weight, block in zip(weights, blocks))
 
 
+def _mean_position(counts: Array) -> float:
+    """Mean index of the pixels from per-row (or per-column) counts; the integer sum is exact,
+    so this equals the mean of the pixels' coordinates."""
+    return int(counts @ np.arange(len(counts))) / int(counts.sum())
+
+
 def _ssim(pred: Array, gt: Array) -> float:
     count = pred.size
     x, y = np.mean(pred), np.mean(gt)
-    sigma_x = np.sum((pred - x) ** 2) / (count - 1)
-    sigma_y = np.sum((gt - y) ** 2) / (count - 1)
-    sigma_xy = np.sum((pred - x) * (gt - y)) / (count - 1)
+    dx, dy = pred - x, gt - y                   # each deviation computed once (same values)
+    sigma_x = np.sum(dx ** 2) / (count - 1)
+    sigma_y = np.sum(dy ** 2) / (count - 1)
+    sigma_xy = np.sum(dx * dy) / (count - 1)
     alpha = 4 * x * y * sigma_xy
     beta = (x ** 2 + y ** 2) * (sigma_x + sigma_y)
     if alpha != 0:
@@ -209,12 +238,15 @@ def _ssim(pred: Array, gt: Array) -> float:
     return 1.0 if beta == 0 else 0.0
 
 
-def weighted_f_measure(soft: Array, truth: Array, beta2: float = 1.0) -> float:
+def weighted_f_measure(soft: Array, truth: Array, beta2: float = 1.0,
+                       error: Array | None = None) -> float:
     """Weighted F-measure: errors spread from the nearest foreground pixel, smoothed by a 7x7
-    Gaussian (sigma 5) on the foreground, and weighted up with distance in the background."""
+    Gaussian (sigma 5) on the foreground, and weighted up with distance in the background.
+    ``error``: |soft - truth| when already computed."""
     if not truth.any():
         return 0.0
-    error = np.abs(soft - truth)
+    if error is None:
+        error = np.abs(soft - truth)
     transform = FeatureTransform(truth)
     # The smoothed error is only read on the foreground, so only the foreground and the
     # background within the kernel's reach (3 px) of it matter: work in their bounding box.
@@ -231,8 +263,9 @@ def weighted_f_measure(soft: Array, truth: Array, beta2: float = 1.0) -> float:
     fg_smoothed = smoothed[inside]
     weighted_fg = np.where(fg_smoothed < least, fg_smoothed, least)
     # background: error times 2 - 0.5^(distance / 5), summed per squared distance first
-    per_distance = np.bincount(transform.squared_distance().reshape(-1),
-                               np.where(truth, 0.0, error).reshape(-1))
+    # (features lie at distance 0, background pixels never: drop bin 0 instead of zeroing)
+    per_distance = np.bincount(transform.squared_distance().reshape(-1), error.reshape(-1))
+    per_distance[0] = 0.0
     present = np.flatnonzero(per_distance)
     importance = 2 - np.exp(np.log(0.5) / 5 * np.sqrt(present.astype(np.float64)))
     false_pos = per_distance[present] @ importance
@@ -255,25 +288,39 @@ def _grow_square(mask: Array, radius: int) -> Array:
     return grown
 
 
-def _gaussian_7x7(image: Array) -> Array:
-    """MATLAB's fspecial('gaussian', 7, 5) applied with zero padding (separably)."""
+def _gaussian_7x7(image: Array, strip: int = 32) -> Array:
+    """MATLAB's fspecial('gaussian', 7, 5) applied with zero padding (separably), a strip of
+    ``strip`` rows at a time so that the passes stay in cache."""
     taps = np.exp(-np.arange(-3, 4) ** 2 / 50.0)
     taps /= taps.sum()
     h, w = image.shape
     padded = np.pad(image, 3)
+    out = np.empty((h, w))
+    for top in range(0, h, strip):
+        bottom = min(top + strip, h)
+        rows = _filter_rows(padded[top:bottom + 6], taps, w)
+        _filter_columns(rows, taps, out[top:bottom])
+    return out
+
+
+def _filter_rows(padded: Array, taps: Array, w: int) -> Array:
     rows = padded[:, 3:3 + w] * taps[3]
     pair = np.empty_like(rows)
     for k in range(3):                                   # symmetric taps: add mirrored pairs
         np.add(padded[:, k:k + w], padded[:, 6 - k:6 - k + w], out=pair)
         pair *= taps[k]
         rows += pair
-    out = rows[3:3 + h] * taps[3]
-    pair = pair[:h]
+    return rows
+
+
+def _filter_columns(rows: Array, taps: Array, out: Array) -> None:
+    h = out.shape[0]
+    np.multiply(rows[3:3 + h], taps[3], out=out)
+    pair = np.empty_like(out)
     for k in range(3):
         np.add(rows[k:k + h], rows[6 - k:6 - k + h], out=pair)
         pair *= taps[k]
         out += pair
-    return out
 
 
 # ------------------------------------------------------------------------------ data sets
@@ -312,17 +359,32 @@ class MetricSuite:
         return out
 
 
-def evaluate_pairs(preds: Iterable, gts: Iterable) -> dict[str, float | list[float]]:
-    """Score prediction / ground-truth pairs taken as one data set (see the module doc)."""
+def evaluate_pairs(preds: Iterable, gts: Iterable,
+                   workers: int | None = None) -> dict[str, float | list[float]]:
+    """Score prediction / ground-truth pairs taken as one data set (see the module doc), on
+    ``workers`` threads (default: one per CPU core, at most 8, or 1 for data sets under
+    _POOL_PIXELS pixels in all, where a pool costs more than it gains; 1: in this thread).
+    The results do not depend on the number of workers."""
     preds, gts = list(preds), list(gts)
     if len(preds) != len(gts):
         raise InputError(f"got {len(preds)} predictions but {len(gts)} ground truths")
-    suite = MetricSuite()
+    checked = []
     for index, (pred, gt) in enumerate(zip(preds, gts)):
         try:
-            suite.add(pred, gt)
+            checked.append(_checked_pair(pred, gt))
         except InputError as error:
             raise InputError(f"pair {index}: {error}") from None
+    if workers is None:
+        large = sum(p.size for p, _ in checked) >= _POOL_PIXELS
+        workers = min(os.cpu_count() or 1, 8) if large else 1
+    suite = MetricSuite()
+    if workers <= 1 or len(checked) <= 1:
+        suite.images.extend(_scores(p, g, _effort(p, g)) for p, g in checked)
+    else:
+        # HCE (the skeleton, the contours) is Python-bound; the rest is mostly numpy kernels
+        efforts, rests = run_overlapped(len(checked), lambda i: _effort(*checked[i]),
+                                        lambda i: _scores(*checked[i], 0), workers)
+        suite.images.extend(replace(rest, hce=effort) for effort, rest in zip(efforts, rests))
     return suite.results()
 
 

@@ -175,7 +175,10 @@ def boundary_iou_curve(quantized: Array, truth: Array) -> Array:
     pred_band = quantized - min_filter_square(quantized, width)
     truth8 = truth.astype(np.uint8)
     truth_band = (truth8 - min_filter_square(truth8, width)).astype(bool)
-    inside = np.bincount(pred_band[truth_band], minlength=256)[::-1].cumsum()
-    outside = np.bincount(pred_band[~truth_band], minlength=256)[::-1].cumsum()
+    key = truth_band.view(np.uint8).astype(np.uint16) << 8          # 256 * truth_band + band
+    key |= pred_band
+    counts = np.bincount(key.reshape(-1), minlength=512)
+    inside = counts[256:][::-1].cumsum()
+    outside = counts[:256][::-1].cumsum()
     truth_size = max(int(np.count_nonzero(truth_band)), 1)
     return inside / (truth_size + outside)

@@ -50,7 +50,7 @@ def skeletonize(mask: Array) -> Array:
     flat = image.reshape(-1)
     offsets = np.array([dy * stride + dx for dy, dx in _NEIGHBOURS])
 
-    frontier = np.flatnonzero(flat)
+    frontier = _border_pixels(flat, offsets, stride)
     frontier = frontier[_EITHER_PASS[_codes(flat, frontier, offsets)]]
     slot = np.empty(flat.size, np.int64)              # scratch for de-duplication
     deleted_in_iteration = True
@@ -69,6 +69,16 @@ def skeletonize(mask: Array) -> Array:
             touched = touched[flat[touched] != 0]
             frontier = _unique(np.concatenate([kept, touched]), slot)
     return image[1:-1, 1:-1].astype(bool)
+
+
+def _border_pixels(flat: Array, offsets: Array, stride: int) -> Array:
+    """Foreground pixels with a background neighbour (the others are never deleted), in order;
+    the frame keeps every neighbour of a foreground pixel inside ``flat``."""
+    low, high = stride + 1, flat.size - stride - 1
+    interior = flat[low + offsets[0]:high + offsets[0]].copy()
+    for offset in offsets[1:]:
+        interior &= flat[low + offset:high + offset]
+    return np.flatnonzero(flat[low:high] > interior) + low
 
 
 def _codes(flat: Array, pixels: Array, offsets: Array) -> Array:

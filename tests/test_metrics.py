@@ -68,6 +68,14 @@ def test_fixture_data_set_matches_the_official_evaluator(fixture_pairs, expected
     assert len(results["BIoU_curve"]) == 256
 
 
+def test_thread_pool_gives_the_same_numbers(fixture_pairs):
+    preds, gts = [p for p, _ in fixture_pairs] * 2, [g for _, g in fixture_pairs] * 2
+    alone = evaluate_pairs(preds, gts, workers=1)
+    assert evaluate_pairs(preds, gts, workers=3) == alone
+    with pytest.raises(InputError, match="pair 12"):
+        evaluate_pairs(preds + [np.zeros((4, 4))], gts + [np.zeros((5, 4))], workers=2)
+
+
 def test_random_pairs_and_edge_cases_match_per_image(random_data):
     for index in range(int(random_data["count"])):
         scores = score_image(random_data[f"pred{index}"], random_data[f"gt{index}"])
