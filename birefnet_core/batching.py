@@ -74,12 +74,8 @@ def iter_predictions(model: nn.Module, frames: Iterable[torch.Tensor], *,
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     total = len(frames) if hasattr(frames, "__len__") else 0
     device = next(model.parameters()).device
-    source, pending, done = iter(frames), [], 0
-    while True:
-        pending.extend(itertools.islice(source, max(0, batch_size - len(pending))))
-        if not pending:
-            return
-        chunk = _stack_frames(pending[:batch_size], done)
+    source = _Chunks(frames)
+    while (chunk := source.peek(batch_size)) is not None:
         try:
             masks = predict(model, chunk.to(device), resolution)
         except Exception as error:       # noqa: BLE001 - only out-of-memory is handled
@@ -90,11 +86,33 @@ def iter_predictions(model: nn.Module, frames: Iterable[torch.Tensor], *,
             logger.warning("BiRefNet ran out of memory; retrying with %d image(s) per pass",
                            batch_size)
             continue
-        del pending[:chunk.shape[0]]
-        done += chunk.shape[0]
+        source.advance(chunk.shape[0])
         yield chunk, masks.to(output_device if output_device is not None else chunk.device)
         if progress is not None:
-            progress(done, total)
+            progress(source.done, total)
+
+
+class _Chunks:
+    """The next frames of a (T, C, H, W) tensor (slices: no copy) or of an iterable of
+    (C, H, W) frames (read ahead only as far as one chunk, then stacked)."""
+
+    def __init__(self, frames: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        self.tensor = frames if isinstance(frames, torch.Tensor) else None
+        self.source = None if self.tensor is not None else iter(frames)
+        self.pending: list[torch.Tensor] = []
+        self.done = 0
+
+    def peek(self, count: int) -> torch.Tensor | None:
+        """Up to ``count`` frames from the current position, or None at the end."""
+        if self.tensor is not None:
+            chunk = self.tensor[self.done:self.done + count]
+            return chunk if chunk.shape[0] else None
+        self.pending.extend(itertools.islice(self.source, max(0, count - len(self.pending))))
+        return _stack_frames(self.pending[:count], self.done) if self.pending else None
+
+    def advance(self, count: int) -> None:
+        del self.pending[:count]
+        self.done += count
 
 
 def _stack_frames(frames: list[torch.Tensor], first_index: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Command line: ``python -m birefnet_core.evaluate --pred DIR --gt DIR [--json OUT]``.
 
 Scores the predictions in one folder against the ground truths in another, matched by file
-name without extension (any of .png .jpg .jpeg .bmp .tif .tiff), and prints the BiRefNet
+name without extension (any image type the main CLI reads), and prints the BiRefNet
 paper's table: maxFm wFmeasure MAE Smeasure meanEm HCE maxEm meanFm adpEm adpFm mBA maxBIoU
 meanBIoU (see ``birefnet_core.metrics``). Images are read as 8-bit greyscale with PIL. Every
 ground truth needs a prediction of the same size; predictions without a ground truth are
@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .cli import IMAGE_SUFFIXES
 from .errors import InputError
 from .metrics import MetricSuite, format_table
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 _LISTED = 10                             # names shown before "... and N more"
 
 
@@ -37,8 +37,8 @@ def images_by_stem(folder: Path, role: str) -> dict[str, Path]:
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             found.setdefault(path.stem, []).append(path)
     if not found:
-        raise InputError(f"the {role} folder {folder} holds no images "
-                         f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(f"the {role} folder {folder} holds no images (it holds no image files "
+                         f"with a suffix among {', '.join(sorted(IMAGE_SUFFIXES))})")
     doubles = [paths for paths in found.values() if len(paths) > 1]
     if doubles:
         raise InputError(f"the {role} folder has several images with the same name: "

@@ -33,8 +33,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .cli import IMAGE_SUFFIXES, parse_resolution, read_image
+from .cli import parse_resolution, read_image
 from .errors import BiRefNetError, InputError
+from .evaluate import images_by_stem
 from .hub import resolve_checkpoint
 from .loading import load_model
 from .losses import TASK_ALIASES, TASK_LAMBDAS
@@ -55,11 +56,7 @@ def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
     for name, folder in folders.items():
         if not folder.is_dir():
             raise InputError(f"{root} must contain an {name}/ folder (found none at {folder})")
-    files = {name: _image_files(folder) for name, folder in folders.items()}
-    for name, by_stem in files.items():
-        if not by_stem:
-            raise InputError(f"{folders[name]} holds no image files "
-                             f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    files = {name: images_by_stem(folder, name) for name, folder in folders.items()}
     unmatched = {name: sorted(set(by_stem) - set(files["masks" if name == "images" else "images"]))
                  for name, by_stem in files.items()}
     if unmatched["images"] or unmatched["masks"]:
@@ -73,19 +70,6 @@ def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
 def _first(stems: list[str], count: int = 5) -> str:
     shown = ", ".join(stems[:count])
     return shown + (", ..." if len(stems) > count else "")
-
-
-def _image_files(folder: Path) -> dict[str, Path]:
-    """Image files of a folder by stem; InputError when two share a stem."""
-    by_stem: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
-            continue
-        if path.stem in by_stem:
-            raise InputError(f"{by_stem[path.stem].name} and {path.name} in {folder} share a "
-                             "name; keep one")
-        by_stem[path.stem] = path
-    return by_stem
 
 
 class PairFolder(torch.utils.data.Dataset):

@@ -1,7 +1,8 @@
 """BiRefNetSegment: images -> soft masks, RGBA cutouts and a composite on a colour."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -60,19 +61,40 @@ def run_model(patcher, images: torch.Tensor, resolution: int, batch_size: int,
         raise NodeInputError(problem)
     mm.load_models_gpu([patcher])
     mm.throw_exception_if_processing_interrupted()
-    try:
+    with model_errors(node, "image"):
         return birefnet_core.batching.predict_batched(
             patcher.model, images, resolution=resolution or None, batch_size=batch_size,
             output_device=mm.intermediate_device(),
             progress=interrupt_aware_progress(images.shape[0]))
+
+
+@contextmanager
+def model_errors(node: str, unit: str) -> Iterator[None]:
+    """birefnet_core's errors as NodeInputError naming the node; running out of memory even at
+    one ``unit`` per pass (predict halves its batches first) as an error saying what to change."""
+    try:
+        yield
     except birefnet_core.BiRefNetError as error:
         raise NodeInputError(f"{node}: {error}") from error
     except Exception as error:
         if birefnet_core.batching.is_out_of_memory(error):
-            raise RuntimeError(f"{node}: out of memory even at one image per pass; lower the "
+            raise RuntimeError(f"{node}: out of memory even at one {unit} per pass; lower the "
                                "resolution, choose dtype fp16/bf16 in the Loader, or free "
                                "memory (Unload models)") from error
         raise
+
+
+def settings_problem(resolution: int, background_color: str, node: str) -> str | bool:
+    """VALIDATE_INPUTS of the nodes that take a resolution and a colour: checked when the
+    prompt is queued, before any model is loaded. True, or what is wrong."""
+    problem = resolution_problem(resolution, node)
+    if problem:
+        return problem
+    try:
+        parse_color(background_color, node)
+    except NodeInputError as error:
+        return str(error)
+    return True
 
 
 def finish_masks(masks: torch.Tensor, threshold: float, invert: bool) -> torch.Tensor:
@@ -124,15 +146,7 @@ class BiRefNetSegment:
 
     @classmethod
     def VALIDATE_INPUTS(cls, resolution=0, background_color="#FFFFFF", **_):
-        """Checked when the prompt is queued, before any model is loaded."""
-        problem = resolution_problem(resolution, NODE)
-        if problem:
-            return problem
-        try:
-            parse_color(background_color, NODE)
-        except NodeInputError as error:
-            return str(error)
-        return True
+        return settings_problem(resolution, background_color, NODE)
 
     def run(self, model, image, **options) -> dict:
         outputs = self.segment(model, image, **options)

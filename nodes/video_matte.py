@@ -11,7 +11,7 @@ import comfy.utils
 from .. import birefnet_core
 from .composite import fit_background
 from .preview import with_preview
-from .segment import resolution_problem
+from .segment import model_errors, resolution_problem, settings_problem
 from .tensors import NodeInputError, color_image, image_to_nchw, parse_color
 
 NODE = "BiRefNetVideoMatte"
@@ -67,14 +67,7 @@ class BiRefNetVideoMatte:
 
     @classmethod
     def VALIDATE_INPUTS(cls, resolution=0, background_color="#00FF00", **_):
-        problem = resolution_problem(resolution, NODE)
-        if problem:
-            return problem
-        try:
-            parse_color(background_color, NODE)
-        except NodeInputError as error:
-            return str(error)
-        return True
+        return settings_problem(resolution, background_color, NODE)
 
     def run(self, model, frames, **options) -> dict:
         outputs = self.matte(model, frames, **options)
@@ -103,7 +96,7 @@ class BiRefNetVideoMatte:
         def between_passes(_done: int, _total: int) -> None:
             mm.throw_exception_if_processing_interrupted()
 
-        try:
+        with model_errors(NODE, "frame"):
             pairs = birefnet_core.stream_mattes(
                 model.model, _frames_nchw(frames), batch_size=batch_size,
                 stabilize=float(stabilize), resolution=resolution or None,
@@ -115,14 +108,6 @@ class BiRefNetVideoMatte:
                     color_image(color, frame)[0]
                 outputs.write(index, frame, mask, frame * mask + behind * (1.0 - mask))
                 bar.update_absolute(index + 1, count)
-        except birefnet_core.BiRefNetError as error:
-            raise NodeInputError(f"{NODE}: {error}") from error
-        except Exception as error:
-            if birefnet_core.batching.is_out_of_memory(error):
-                raise RuntimeError(f"{NODE}: out of memory even at one frame per pass; lower "
-                                   "the resolution, choose fp16/bf16 in the Loader, or split "
-                                   "the video") from error
-            raise
         return outputs.result()
 
 

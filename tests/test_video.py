@@ -11,6 +11,7 @@ from bench.video_clips import edge_lag, make_clip, simulated_masks, static_flick
 from birefnet_core.errors import InputError
 from birefnet_core.temporal import STABILIZE_METHODS, TemporalStabilizer
 from tests.synthetic import synthetic_float_weights
+from tests.test_batching import _RunsOutAboveTwo
 
 
 @pytest.fixture(scope="module")
@@ -97,19 +98,8 @@ def test_an_exception_from_progress_stops_within_one_pass(model):
 
 
 def test_out_of_memory_halves_the_pass(model):
-    class RunsOutAboveTwo(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.info, self.sizes = inner, inner.info, []
-
-        def forward(self, x):
-            self.sizes.append(x.shape[0])
-            if x.shape[0] > 2:
-                raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
-            return self.inner(x)
-
     frames = _frames(count=5)
-    wrapped = RunsOutAboveTwo(model)
+    wrapped = _RunsOutAboveTwo(model)
     masks = birefnet_core.matte_video(wrapped, iter(frames), batch_size=8)
     assert wrapped.sizes[:3] == [5, 4, 2] and max(wrapped.sizes[3:]) <= 2
     assert torch.allclose(masks, birefnet_core.predict(model, frames), atol=1e-5)
