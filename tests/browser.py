@@ -27,6 +27,7 @@ VIEWPORT = {"width": 1400, "height": 900}
 APP_TIMEOUT_MS = 60_000
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 EXTENSION_NAME = "birefnet.kit"       # web/js/birefnet.js registers this
+MIN_FREE_BYTES = 256 * 2**20           # Chromium dies (SIGILL) when it cannot write its files
 INSTALL_HINT = ("Chromium is missing at {path}: install Debian's package with "
                 "`apt-get install -y chromium` (tests/install_chromium.sh does it as root)")
 
@@ -51,17 +52,35 @@ def launch(user_data_dir: str | Path):
     except ImportError as error:
         raise BrowserUnavailable("the playwright Python package is missing: pip install "
                                  "playwright (see requirements-test.txt)") from error
+    check_free_space(Path(user_data_dir))
     playwright = sync_playwright().start()
     try:
         context = playwright.chromium.launch_persistent_context(
             str(user_data_dir), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
-            viewport=VIEWPORT, device_scale_factor=1)
+            ignore_default_args=shared_memory_flags(), viewport=VIEWPORT, device_scale_factor=1)
     except BaseException:
         playwright.stop()
         raise
     # Only this machine is ever asked: the current frontend looks for news on the internet.
     context.route(is_external, lambda route: route.abort())
     return playwright, context
+
+
+def check_free_space(folder: Path) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        raise BrowserUnavailable(f"only {free / 2**20:.0f} MiB free under {folder}: Chromium needs "
+                                 f"{MIN_FREE_BYTES // 2**20} MiB for its profile; free some disk")
+
+
+def shared_memory_flags() -> list[str]:
+    """playwright's default flags to drop: it moves Chromium's shared memory from /dev/shm to
+    the temp folder, whose disk may be nearly full; keep /dev/shm where it has room."""
+    try:
+        room = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return []
+    return ["--disable-dev-shm-usage"] if room >= 4 * MIN_FREE_BYTES else []
 
 
 def is_external(url: str) -> bool:
@@ -131,7 +150,11 @@ def browser():
         playwright, context = launch(profile)
     except BrowserUnavailable as error:
         problem = str(error)
+    except BaseException:
+        shutil.rmtree(profile, ignore_errors=True)
+        raise
     if problem:
+        shutil.rmtree(profile, ignore_errors=True)
         pytest.fail(problem, pytrace=False)
     try:
         yield context
