@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .morphology import Runs, connected_runs
+from .morphology import Runs, connected_runs, erode_square_packed, pack_rows, unpack_rows
 
 Array = np.ndarray
 
@@ -104,19 +104,18 @@ def trace_borders(mask: Array) -> Borders:
 
 
 def _neighbourhood_codes(padded: Array) -> Array:
-    """uint8 code per pixel: bit k set when the neighbour in chain direction k is set (only
-    meaningful inside the padding ring, which is all that is ever read; the ring is 0)."""
+    """uint8 code per pixel: bit k set when the neighbour in chain direction k is set. Only the
+    pixels border following can read get one (mask pixels with a background neighbour; the
+    padding ring is background); the others stay 0."""
     stride = padded.shape[1]
+    bits = pack_rows(padded)
+    edge = np.flatnonzero(unpack_rows(bits & ~erode_square_packed(bits, 1), stride))
     values = padded.view(np.uint8).reshape(-1)
+    edge_codes = values[edge + _DIRECTIONS[0][0]]
+    for bit, (dx, dy) in enumerate(_DIRECTIONS[1:], start=1):
+        edge_codes |= values[edge + (dx + dy * stride)] << bit
     codes = np.zeros(padded.shape, np.uint8)
-    low, high = stride + 1, values.size - stride - 1       # flat runs: contiguous, faster
-    inner = codes.reshape(-1)[low:high]
-    shifted = np.empty_like(inner)
-    for bit, (dx, dy) in enumerate(_DIRECTIONS):
-        offset = dx + dy * stride
-        np.left_shift(values[low + offset:high + offset], bit, out=shifted)
-        inner |= shifted
-    codes[:, [0, -1]] = 0                                   # the flat runs wrap through these
+    codes.reshape(-1)[edge] = edge_codes
     return codes
 
 

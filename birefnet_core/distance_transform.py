@@ -50,22 +50,29 @@ class FeatureTransform:
         rows, cols, heights = _lower_hull(rows, cols,
                                           cols * cols + squares[candidate].astype(np.int64))
         # int32 where the squared distances (< h^2 + w^2) and their terms fit
-        exact = np.int32 if 4 * (h * h + w * w) < 2 ** 31 else np.int64
-        self._cols, self._heights = cols.astype(exact), heights.astype(exact)
-        self._hull_index = _envelope_index(rows, cols, heights, h, w)
+        self._exact = np.int32 if 4 * (h * h + w * w) < 2 ** 31 else np.int64
+        self._starts, cols, heights = _envelope_segments(rows, cols, heights, w)
+        self._cols, self._heights = cols.astype(self._exact), heights.astype(self._exact)
 
     def squared_distance(self) -> Array:
-        """(h, w) integer squared distance to the nearest feature: the envelope's value
-        heights[k] - 2 x cols[k] + x^2 (0 on features)."""
-        index = self._hull_index
-        x = np.arange(self.features.shape[1], dtype=self._cols.dtype)
-        squared = self._heights[index] - 2 * x * self._cols[index] + x * x
+        """(h, w) integer squared distance to the nearest feature (0 on features): on each
+        segment of the envelope, heights[k] - 2 x cols[k] + x^2."""
+        h, w = self.features.shape
+        lengths = np.diff(self._starts, append=h * w)
+        cols = np.repeat(self._cols, lengths).reshape(h, w)
+        squared = np.repeat(self._heights, lengths).reshape(h, w)
+        x = np.arange(w, dtype=self._exact)
+        cols *= -2 * x
+        squared += cols
+        squared += x * x
         squared[self.features] = 0
         return squared
 
     def nearest(self, ys: Array, xs: Array) -> tuple[Array, Array]:
         """Row and column of the nearest feature of the pixels (ys, xs)."""
-        cols = self._cols[self._hull_index[ys, xs]]
+        w = self.features.shape[1]
+        segment = np.searchsorted(self._starts, ys * w + xs, side="right") - 1
+        cols = self._cols[segment]
         rows = self._column_row[ys, cols]
         own = self.features[ys, xs]
         return np.where(own, ys, rows), np.where(own, xs, cols)
@@ -198,19 +205,23 @@ def _distinct(values: Array, scratch: Array) -> Array:
     return values[scratch[values] == np.arange(values.size)]
 
 
-def _envelope_index(rows: Array, cols: Array, heights: Array, h: int, w: int) -> Array:
-    """(h, w) index into the hull arrays of the parabola lowest at each pixel (ties: leftmost).
+def _envelope_segments(rows: Array, cols: Array, heights: Array,
+                       w: int) -> tuple[Array, Array, Array]:
+    """The envelope as segments in raster order: (flat start pixel, col, height) of each hull
+    point that is lowest somewhere (ties: the leftmost point).
 
     Between consecutive hull points k, k+1 of a row, k stays best up to and including
     x_k = (height_{k+1} - height_k) / (2 (col_{k+1} - col_k)); from floor(x_k) + 1 on, k+1 wins.
+    A row's first point starts at 0; a point whose segment is empty (its start reached by the
+    next point's, or at w) is dropped.
     """
+    starts = np.zeros(len(rows), np.int64)
     pair = np.flatnonzero(rows[:-1] == rows[1:])
     numerator = heights[pair + 1] - heights[pair]
     denominator = 2 * (cols[pair + 1] - cols[pair])
-    switch = np.clip(np.floor_divide(numerator, denominator) + 1, 0, w)
-    events = rows[pair] * (w + 1) + switch
-    counts = np.bincount(events, minlength=h * (w + 1)).reshape(h, w + 1)
-    steps = np.cumsum(counts, axis=1, dtype=np.intp if len(rows) >= 2 ** 31 else np.int32)
-    row_start = np.searchsorted(rows, np.arange(h)).astype(steps.dtype)
-    steps = steps[:, :w]
-    return row_start[:, None] + steps
+    starts[pair + 1] = np.clip(np.floor_divide(numerator, denominator) + 1, 0, w)
+    starts += rows.astype(np.int64) * w
+    last = np.ones(len(rows), bool)              # the last of the points sharing a start
+    last[:-1] = starts[:-1] != starts[1:]
+    last &= (starts - rows * w) < w
+    return starts[last], cols[last], heights[last]

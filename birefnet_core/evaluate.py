@@ -77,8 +77,9 @@ def evaluate_folders(pairs: list[tuple[Path, Path]], progress: bool = True) -> d
         raise InputError(f"{len(wrong)} predictions differ in size from their ground truth "
                          "(width x height): " + _listing(wrong))
     suite = MetricSuite()
-    for pred, gt in tqdm(images, desc="evaluating", unit="pair", disable=not progress):
-        suite.add(pred, gt)
+    with tqdm(total=len(images), desc="evaluating", unit="pair", disable=not progress) as bar:
+        suite.add_pairs([p for p, _ in images], [g for _, g in images],
+                        on_pair=lambda: bar.update(1))
     return suite.results()
 
 

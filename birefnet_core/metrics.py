@@ -10,6 +10,9 @@ curves point-wise), as the official ``evaluation/metrics.py`` does:
 - E-measure (enhanced alignment; Fan et al. 2018): max, mean and adaptive;
 - relaxed HCE, mBA, boundary IoU (max and mean): see ``metrics_boundary``.
 
+The sums over pixels come from value histograms (``metrics_counts``), the weighted F-measure
+from ``metrics_weighted_f``.
+
 Conventions (the official ones): images are uint8 H x W; the ground truth is foreground where
 above 128; the prediction is scaled to [0, 1] and min-max normalised per image (HCE and mBA
 binarise the raw prediction at 128 instead). Float inputs in [0, 1] are first quantised the way
@@ -21,20 +24,19 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .distance_transform import FeatureTransform
 from .errors import InputError
 from .metrics_boundary import boundary_accuracy, boundary_iou_curve, human_correction_effort
+from .metrics_counts import PairCounts, quantized_levels
+from .metrics_weighted_f import weighted_f_measure
 from .task_pool import run_overlapped
 
 Array = np.ndarray
 
-F_BETA2 = 0.3
-_EPS = np.spacing(1)
 TABLE_COLUMNS = ("maxFm", "wFmeasure", "MAE", "Smeasure", "meanEm", "HCE", "maxEm", "meanFm",
                  "adpEm", "adpFm", "mBA", "maxBIoU", "meanBIoU")
 CURVES = ("Fm_curve", "Em_curve", "BIoU_curve")
@@ -85,16 +87,6 @@ def as_uint8(image, name: str = "image") -> Array:
     raise InputError(f"{name} has unsupported dtype {array.dtype}")
 
 
-def _normalised(pred: Array) -> Array:
-    """The official preparation: scale to [0, 1], then min-max normalise if not constant."""
-    scaled = pred / 255
-    low, high = pred.min() / 255, pred.max() / 255       # = scaled's (division is monotonic)
-    if high != low:
-        scaled -= low                                     # in place: the same values
-        scaled /= high - low
-    return scaled
-
-
 # ------------------------------------------------------------------------------ one image
 
 def score_image(pred, gt, gt_skeleton: Array | None = None) -> ImageScores:
@@ -119,208 +111,19 @@ def _effort(pred8: Array, gt8: Array, gt_skeleton: Array | None = None) -> int:
 def _scores(pred8: Array, gt8: Array, hce: int) -> ImageScores:
     """Every metric but HCE (given) of a checked uint8 pair."""
     truth = gt8 > 128
-    soft = _normalised(pred8)
-    quantized = (soft * 255).astype(np.uint8)
-    f_curve, e_curve = threshold_curves(quantized, truth)
-    adaptive_f, adaptive_e = adaptive_scores(soft, truth)
-    error = soft - truth
-    np.abs(error, out=error)
+    counts = PairCounts(pred8, truth)
+    levels = counts.levels
     with np.errstate(divide="ignore", invalid="ignore"):
+        f_curve, e_curve = counts.threshold_curves()
+        adaptive_f, adaptive_e = counts.adaptive_scores()
+        # |normalised prediction - truth| per pixel, looked up by (truth, level)
+        error = np.concatenate([levels, 1 - levels])[counts.pair_key]
         return ImageScores(
-            s_measure=s_measure(soft, truth), mae=float(np.mean(error)),
-            weighted_f=weighted_f_measure(soft, truth, error=error), adaptive_f=adaptive_f,
+            s_measure=counts.s_measure(), mae=counts.mae(),
+            weighted_f=weighted_f_measure(error, truth), adaptive_f=adaptive_f,
             adaptive_e=adaptive_e, hce=hce, boundary_accuracy=boundary_accuracy(pred8, gt8),
-            f_curve=f_curve, e_curve=e_curve, biou_curve=boundary_iou_curve(quantized, truth))
-
-
-def threshold_curves(quantized: Array, truth: Array) -> tuple[Array, Array]:
-    """F-measure and E-measure at the thresholds 255, 254, ..., 0 of the quantised prediction."""
-    key = truth.view(np.uint8).astype(np.uint16) << 8          # 256 * truth + quantized
-    key |= quantized
-    counts = np.bincount(key.reshape(-1), minlength=512)
-    true_pos = np.cumsum(counts[256:][::-1])
-    false_pos = np.cumsum(counts[:256][::-1])
-    truth_size = int(np.count_nonzero(truth))
-    predicted = true_pos + false_pos
-    precision = true_pos / np.where(predicted == 0, 1, predicted)
-    recall = true_pos / max(truth_size, 1)
-    numerator = (1 + F_BETA2) * precision * recall
-    f_curve = numerator / np.where(numerator == 0, 1, F_BETA2 * precision + recall)
-    return f_curve, _e_measure(true_pos, false_pos, truth_size, truth.size)
-
-
-def adaptive_scores(soft: Array, truth: Array) -> tuple[float, float]:
-    """F-measure and E-measure of the prediction binarised at min(2 * mean, 1)."""
-    binary = soft >= min(2 * soft.mean(), 1)
-    true_pos = int(np.count_nonzero(binary & truth))
-    predicted = int(np.count_nonzero(binary))
-    truth_size = int(np.count_nonzero(truth))
-    e_measure = float(_e_measure(np.array([true_pos]), np.array([predicted - true_pos]),
-                                 truth_size, truth.size)[0])
-    if true_pos == 0:
-        return 0.0, e_measure
-    precision, recall = true_pos / predicted, true_pos / truth_size
-    return (1 + F_BETA2) * precision * recall / (F_BETA2 * precision + recall), e_measure
-
-
-def _e_measure(true_pos: Array, false_pos: Array, truth_size: int, size: int) -> Array:
-    """E-measure of binary predictions from their confusion counts (any number at once)."""
-    predicted = true_pos + false_pos
-    if truth_size == 0:
-        enhanced = (size - predicted).astype(np.float64)
-    elif truth_size == size:
-        enhanced = predicted.astype(np.float64)
-    else:
-        false_neg = truth_size - true_pos
-        true_neg = size - predicted - false_neg
-        pred_mean, truth_mean = predicted / size, truth_size / size
-        enhanced = np.zeros(len(true_pos))
-        for part, pred_value, truth_value in ((true_pos, 1, 1), (false_pos, 1, 0),
-                                              (false_neg, 0, 1), (true_neg, 0, 0)):
-            a, b = pred_value - pred_mean, truth_value - truth_mean
-            align = 2 * (a * b) / (a ** 2 + b ** 2 + _EPS)
-            enhanced = enhanced + (align + 1) ** 2 / 4 * part
-    return enhanced / (size - 1 + _EPS)
-
-
-def s_measure(soft: Array, truth: Array, alpha: float = 0.5) -> float:
-    """Structure measure: object-aware and region-aware similarity, weighted by ``alpha``."""
-    share = np.count_nonzero(truth) / truth.size          # = truth.mean(), exactly
-    if share == 0:
-        return float(1 - soft.mean())
-    if share == 1:
-        return float(soft.mean())
-    inside, outside = soft[truth], soft[~truth]
-    np.subtract(1, outside, out=outside)
-    object_score = share * _object_similarity(inside) + (1 - share) * \
-        _object_similarity(outside)
-    score = alpha * object_score + (1 - alpha) * _region_similarity(soft, truth)
-    return float(max(0.0, score))
-
-
-def _object_similarity(values: Array) -> float:
-    mean = np.mean(values)
-    spread = np.std(values, ddof=1) if values.size > 1 else math.nan    # as numpy: NaN
-    return 2 * mean / (mean ** 2 + 1 + spread + _EPS)
-
-
-def _region_similarity(soft: Array, truth: Array) -> float:
-    """SSIM of the four blocks split at the ground truth's centroid, weighted by area."""
-    h, w = truth.shape
-    y, x = (int(np.round(_mean_position(np.count_nonzero(truth, axis=axis)))) + 1
-            for axis in (1, 0))
-    area = h * w
-    w1, w2, w3 = x * y / area, y * (w - x) / area, (h - y) * x / area
-    blocks = ((slice(0, y), slice(0, x)), (slice(0, y), slice(x, w)),
-              (slice(y, h), slice(0, x)), (slice(y, h), slice(x, w)))
-    weights = (w1, w2, w3, 1 - w1 - w2 - w3)
-    return sum(weight * _ssim(soft[block], truth[block].astype(np.float64))
-               for weight, block in zip(weights, blocks))
-
-
-def _mean_position(counts: Array) -> float:
-    """Mean index of the pixels from per-row (or per-column) counts; the integer sum is exact,
-    so this equals the mean of the pixels' coordinates."""
-    return int(counts @ np.arange(len(counts))) / int(counts.sum())
-
-
-def _ssim(pred: Array, gt: Array) -> float:
-    count = pred.size
-    x, y = np.mean(pred), np.mean(gt)
-    dx, dy = pred - x, gt - y                   # each deviation computed once (same values)
-    sigma_x = np.sum(dx ** 2) / (count - 1)
-    sigma_y = np.sum(dy ** 2) / (count - 1)
-    sigma_xy = np.sum(dx * dy) / (count - 1)
-    alpha = 4 * x * y * sigma_xy
-    beta = (x ** 2 + y ** 2) * (sigma_x + sigma_y)
-    if alpha != 0:
-        return alpha / (beta + _EPS)
-    return 1.0 if beta == 0 else 0.0
-
-
-def weighted_f_measure(soft: Array, truth: Array, beta2: float = 1.0,
-                       error: Array | None = None) -> float:
-    """Weighted F-measure: errors spread from the nearest foreground pixel, smoothed by a 7x7
-    Gaussian (sigma 5) on the foreground, and weighted up with distance in the background.
-    ``error``: |soft - truth| when already computed."""
-    if not truth.any():
-        return 0.0
-    if error is None:
-        error = np.abs(soft - truth)
-    transform = FeatureTransform(truth)
-    # The smoothed error is only read on the foreground, so only the foreground and the
-    # background within the kernel's reach (3 px) of it matter: work in their bounding box.
-    ys, xs = np.flatnonzero(truth.any(axis=1)), np.flatnonzero(truth.any(axis=0))
-    box = (slice(max(ys[0] - 3, 0), ys[-1] + 4), slice(max(xs[0] - 3, 0), xs[-1] + 4))
-    inside = truth[box]
-    reach = _grow_square(inside, 3) & ~inside
-    spread = error[box].copy()                 # background: the nearest foreground's error
-    reach_y, reach_x = np.nonzero(reach)
-    near_y, near_x = transform.nearest(reach_y + box[0].start, reach_x + box[1].start)
-    spread[reach] = error[near_y, near_x]
-    smoothed = _gaussian_7x7(spread)
-    least = error[box][inside]
-    fg_smoothed = smoothed[inside]
-    weighted_fg = np.where(fg_smoothed < least, fg_smoothed, least)
-    # background: error times 2 - 0.5^(distance / 5), summed per squared distance first
-    # (features lie at distance 0, background pixels never: drop bin 0 instead of zeroing)
-    per_distance = np.bincount(transform.squared_distance().reshape(-1), error.reshape(-1))
-    per_distance[0] = 0.0
-    present = np.flatnonzero(per_distance)
-    importance = 2 - np.exp(np.log(0.5) / 5 * np.sqrt(present.astype(np.float64)))
-    false_pos = per_distance[present] @ importance
-    true_pos = np.count_nonzero(truth) - np.sum(weighted_fg)
-    recall = 1 - np.mean(weighted_fg)
-    precision = true_pos / (true_pos + false_pos + _EPS)
-    return float((1 + beta2) * recall * precision / (recall + beta2 * precision + _EPS))
-
-
-def _grow_square(mask: Array, radius: int) -> Array:
-    """Dilation by a (2r+1)^2 square (outside = background)."""
-    grown = mask.copy()
-    for k in range(1, radius + 1):
-        grown[:, k:] |= mask[:, :-k]
-        grown[:, :-k] |= mask[:, k:]
-    rows = grown.copy()
-    for k in range(1, radius + 1):
-        grown[k:] |= rows[:-k]
-        grown[:-k] |= rows[k:]
-    return grown
-
-
-def _gaussian_7x7(image: Array, strip: int = 32) -> Array:
-    """MATLAB's fspecial('gaussian', 7, 5) applied with zero padding (separably), a strip of
-    ``strip`` rows at a time so that the passes stay in cache."""
-    taps = np.exp(-np.arange(-3, 4) ** 2 / 50.0)
-    taps /= taps.sum()
-    h, w = image.shape
-    padded = np.pad(image, 3)
-    out = np.empty((h, w))
-    for top in range(0, h, strip):
-        bottom = min(top + strip, h)
-        rows = _filter_rows(padded[top:bottom + 6], taps, w)
-        _filter_columns(rows, taps, out[top:bottom])
-    return out
-
-
-def _filter_rows(padded: Array, taps: Array, w: int) -> Array:
-    rows = padded[:, 3:3 + w] * taps[3]
-    pair = np.empty_like(rows)
-    for k in range(3):                                   # symmetric taps: add mirrored pairs
-        np.add(padded[:, k:k + w], padded[:, 6 - k:6 - k + w], out=pair)
-        pair *= taps[k]
-        rows += pair
-    return rows
-
-
-def _filter_columns(rows: Array, taps: Array, out: Array) -> None:
-    h = out.shape[0]
-    np.multiply(rows[3:3 + h], taps[3], out=out)
-    pair = np.empty_like(out)
-    for k in range(3):
-        np.add(rows[k:k + h], rows[6 - k:6 - k + h], out=pair)
-        pair *= taps[k]
-        out += pair
+            f_curve=f_curve, e_curve=e_curve,
+            biou_curve=boundary_iou_curve(quantized_levels(levels)[pred8], truth))
 
 
 # ------------------------------------------------------------------------------ data sets
@@ -338,6 +141,37 @@ class MetricSuite:
         scores = score_image(pred, gt, gt_skeleton)
         self.images.append(scores)
         return scores
+
+    def add_pairs(self, preds: Iterable, gts: Iterable, workers: int | None = None,
+                  on_pair: Callable[[], None] | None = None, item: str = "pair") -> None:
+        """Score many pairs, on ``workers`` threads (default: one per CPU core, at most 8, or 1
+        for pairs under _POOL_PIXELS pixels in all, where a pool costs more than it gains; 1:
+        in this thread). Every pair is checked first (errors name the ``item`` by index);
+        ``on_pair()`` runs as each pair is done (on a worker thread), and an exception it
+        raises stops the scoring. The scores do not depend on the number of workers."""
+        preds, gts = list(preds), list(gts)
+        if len(preds) != len(gts):
+            raise InputError(f"got {len(preds)} predictions but {len(gts)} ground truths")
+        checked = []
+        for index, (pred, gt) in enumerate(zip(preds, gts)):
+            try:
+                checked.append(_checked_pair(pred, gt))
+            except InputError as error:
+                raise InputError(f"{item} {index}: {error}") from None
+        if workers is None:
+            large = sum(p.size for p, _ in checked) >= _POOL_PIXELS
+            workers = min(os.cpu_count() or 1, 8) if large else 1
+        if workers <= 1 or len(checked) <= 1:
+            for pred8, gt8 in checked:
+                self.images.append(_scores(pred8, gt8, _effort(pred8, gt8)))
+                if on_pair is not None:
+                    on_pair()
+            return
+        # HCE (the skeleton, the contours) is Python-bound; the rest is mostly numpy kernels
+        efforts, rests = run_overlapped(
+            len(checked), lambda i: _effort(*checked[i]), lambda i: _scores(*checked[i], 0),
+            workers, on_item=None if on_pair is None else lambda _: on_pair())
+        self.images.extend(replace(rest, hce=effort) for effort, rest in zip(efforts, rests))
 
     def results(self) -> dict[str, float | list[float]]:
         """TABLE_COLUMNS (means over the images) plus the mean curves CURVES."""
@@ -361,30 +195,10 @@ class MetricSuite:
 
 def evaluate_pairs(preds: Iterable, gts: Iterable,
                    workers: int | None = None) -> dict[str, float | list[float]]:
-    """Score prediction / ground-truth pairs taken as one data set (see the module doc), on
-    ``workers`` threads (default: one per CPU core, at most 8, or 1 for data sets under
-    _POOL_PIXELS pixels in all, where a pool costs more than it gains; 1: in this thread).
-    The results do not depend on the number of workers."""
-    preds, gts = list(preds), list(gts)
-    if len(preds) != len(gts):
-        raise InputError(f"got {len(preds)} predictions but {len(gts)} ground truths")
-    checked = []
-    for index, (pred, gt) in enumerate(zip(preds, gts)):
-        try:
-            checked.append(_checked_pair(pred, gt))
-        except InputError as error:
-            raise InputError(f"pair {index}: {error}") from None
-    if workers is None:
-        large = sum(p.size for p, _ in checked) >= _POOL_PIXELS
-        workers = min(os.cpu_count() or 1, 8) if large else 1
+    """Score prediction / ground-truth pairs taken as one data set (see the module doc and
+    MetricSuite.add_pairs for ``workers``)."""
     suite = MetricSuite()
-    if workers <= 1 or len(checked) <= 1:
-        suite.images.extend(_scores(p, g, _effort(p, g)) for p, g in checked)
-    else:
-        # HCE (the skeleton, the contours) is Python-bound; the rest is mostly numpy kernels
-        efforts, rests = run_overlapped(len(checked), lambda i: _effort(*checked[i]),
-                                        lambda i: _scores(*checked[i], 0), workers)
-        suite.images.extend(replace(rest, hce=effort) for effort, rest in zip(efforts, rests))
+    suite.add_pairs(preds, gts, workers)
     return suite.results()
 
 

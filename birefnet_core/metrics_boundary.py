@@ -11,8 +11,8 @@ import math
 import numpy as np
 
 from .contours import Borders, polyline_vertex_counts, trace_borders
-from .morphology import (CROSS, dilate_packed, ellipse_spans, erode_packed, min_filter_square,
-                         pack_rows, read_bits, row_mask, unpack_rows)
+from .morphology import (CROSS, dilate_packed, ellipse_spans, erode_packed, erode_square_packed,
+                         min_filter_square, pack_rows, read_bits, row_mask, unpack_rows)
 from .skeleton import skeletonize
 
 Array = np.ndarray
@@ -173,8 +173,8 @@ def boundary_iou_curve(quantized: Array, truth: Array) -> Array:
     h, w = truth.shape
     width = max(1, int(round(BIOU_DILATION_RATIO * math.sqrt(h * h + w * w))))
     pred_band = quantized - min_filter_square(quantized, width)
-    truth8 = truth.astype(np.uint8)
-    truth_band = (truth8 - min_filter_square(truth8, width)).astype(bool)
+    truth_bits = pack_rows(truth)
+    truth_band = unpack_rows(truth_bits & ~erode_square_packed(truth_bits, width), w)
     key = truth_band.view(np.uint8).astype(np.uint16) << 8          # 256 * truth_band + band
     key |= pred_band
     counts = np.bincount(key.reshape(-1), minlength=512)

@@ -92,6 +92,39 @@ def _dilate_once(words: Array, spans: list[tuple[int, int]]) -> Array:
     return out
 
 
+def erode_square_packed(words: Array, radius: int) -> Array:
+    """Erosion by a (2r+1)^2 square with background outside the image (what a minimum filter
+    with zero padding does to a binary image); packed rows, bits past the width clear."""
+    window = 2 * radius + 1
+    across = _run_and(words, window, lambda values, k: _shift_packed(values, k))
+    across = _shift_packed(across, -radius)        # window [x - r, x + r] instead of [x, x + 2r]
+    down = _run_and(across, window, _shift_rows)
+    return _shift_rows(down, -radius)
+
+
+def _run_and(values: Array, window: int, shift) -> Array:
+    """out[i] = AND of values[i .. i + window - 1] (zeros past the end), by doubling."""
+    span = 1
+    while span * 2 <= window:
+        values = values & shift(values, span)
+        span *= 2
+    if span < window:
+        values = values & shift(values, window - span)
+    return values
+
+
+def _shift_rows(words: Array, offset: int) -> Array:
+    """out[y] = in[y + offset]; zero outside the image."""
+    out = np.zeros_like(words)
+    h = words.shape[0]
+    if abs(offset) < h:
+        if offset >= 0:
+            out[:h - offset] = words[offset:]
+        else:
+            out[-offset:] = words[:h + offset]
+    return out
+
+
 def _shift_packed(words: Array, offset: int) -> Array:
     """out[x] = in[x + offset] along the packed rows; zero outside the row."""
     out = np.zeros_like(words)

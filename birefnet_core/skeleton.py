@@ -49,24 +49,29 @@ def skeletonize(mask: Array) -> Array:
     image[1:-1, 1:-1] = mask
     flat = image.reshape(-1)
     offsets = np.array([dy * stride + dx for dy, dx in _NEIGHBOURS])
+    # pixels are indexed from the first one that has all its neighbours inside the frame;
+    # neighbour k of pixel p is then views[k][p] (no index arithmetic per pass)
+    base = stride + 1
+    views = [flat[base + offset:] for offset in offsets]
+    pixels = flat[base:]
 
-    frontier = _border_pixels(flat, offsets, stride)
-    frontier = frontier[_EITHER_PASS[_codes(flat, frontier, offsets)]]
+    frontier = _border_pixels(flat, offsets, stride) - base
+    frontier = frontier[_EITHER_PASS[_codes(views, frontier)]]
     slot = np.empty(flat.size, np.int64)              # scratch for de-duplication
     deleted_in_iteration = True
     while deleted_in_iteration and frontier.size:
         deleted_in_iteration = False
         for table in (_FIRST_PASS, _SECOND_PASS):
-            codes = _codes(flat, frontier, offsets)
+            codes = _codes(views, frontier)
             delete = table[codes]
             gone = frontier[delete]
             if gone.size == 0:
                 continue
             deleted_in_iteration = True
-            flat[gone] = 0
+            pixels[gone] = 0
             kept = frontier[~delete & _EITHER_PASS[codes]]
             touched = (gone[:, None] + offsets[None, :]).reshape(-1)
-            touched = touched[flat[touched] != 0]
+            touched = touched[pixels[touched] != 0]
             frontier = _unique(np.concatenate([kept, touched]), slot)
     return image[1:-1, 1:-1].astype(bool)
 
@@ -81,10 +86,10 @@ def _border_pixels(flat: Array, offsets: Array, stride: int) -> Array:
     return np.flatnonzero(flat[low:high] > interior) + low
 
 
-def _codes(flat: Array, pixels: Array, offsets: Array) -> Array:
-    codes = flat[pixels + offsets[0]]
+def _codes(views: list[Array], pixels: Array) -> Array:
+    codes = views[0][pixels]
     for bit in range(1, 8):
-        codes |= flat[pixels + offsets[bit]] << bit
+        codes |= views[bit][pixels] << bit
     return codes
 
 

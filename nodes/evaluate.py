@@ -1,7 +1,9 @@
 """BiRefNetEvaluate: score predicted masks against ground-truth masks (the paper's metrics)."""
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 
 import torch
 
@@ -52,12 +54,16 @@ class BiRefNetEvaluate:
         truths = parts["ground_truth"][:, 0].cpu().numpy()
         suite = metrics.MetricSuite()
         report = interrupt_aware_progress(len(preds))
-        for index, (one_pred, one_truth) in enumerate(zip(preds, truths)):
-            try:
-                suite.add(one_pred, one_truth)
-            except birefnet_core.InputError as error:
-                raise NodeInputError(f"{NODE}: mask {index}: {error}") from error
-            report(index + 1, len(preds))
+        done = itertools.count(1)
+        reporting = threading.Lock()
+
+        def one_more() -> None:                    # on a scoring thread; Cancel stops them all
+            with reporting:
+                report(next(done), len(preds))
+        try:
+            suite.add_pairs(preds, truths, on_pair=one_more, item="mask")
+        except birefnet_core.InputError as error:
+            raise NodeInputError(f"{NODE}: {error}") from error
         results = suite.results()
         table = f"{len(suite)} masks\n{metrics.format_table(results)}"
         return table, json.dumps({"masks": len(suite), **results}, indent=2)

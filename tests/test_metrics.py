@@ -26,6 +26,8 @@ from birefnet_core.distance_transform import nearest_feature
 from birefnet_core.errors import InputError
 from birefnet_core.metrics import (TABLE_COLUMNS, MetricSuite, as_uint8, evaluate_pairs,
                                    format_table, score_image)
+from birefnet_core.metrics_counts import PairCounts
+from birefnet_core.morphology import erode_square_packed, min_filter_square, pack_rows, unpack_rows
 from birefnet_core.skeleton import skeletonize
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -105,6 +107,54 @@ def test_edge_cases_behave_as_the_official_code():
     assert full.s_measure == pytest.approx(np.mean(gt / 255)) and full.hce >= 0
     perfect = score_image(gt, gt)
     assert perfect.hce == 0 and perfect.mae == 0 and perfect.boundary_accuracy == 1
+
+
+def test_pool_reports_each_pair_and_stops_on_an_error(fixture_pairs):
+    preds, gts = [p for p, _ in fixture_pairs] * 2, [g for _, g in fixture_pairs] * 2
+    done = []
+    suite = MetricSuite()
+    suite.add_pairs(preds, gts, workers=2, on_pair=lambda: done.append(1))
+    assert len(done) == len(suite) == 12
+    assert suite.results() == evaluate_pairs(preds, gts, workers=1)
+
+    def cancel() -> None:
+        done.append(1)
+        if len(done) >= 2:
+            raise KeyboardInterrupt("cancelled")
+    done.clear()
+    with pytest.raises(KeyboardInterrupt, match="cancelled"):
+        MetricSuite().add_pairs(preds, gts, workers=2, on_pair=cancel)
+    assert len(done) <= 4                      # the pairs in flight finish, no new ones start
+
+
+def test_adaptive_threshold_on_a_level_takes_the_exact_mean(monkeypatch):
+    """Half the pixels at 255: the threshold min(2 * mean, 1) is a level of the prediction, so
+    the pixel mean (not the histogram's) decides, as in the official code."""
+    rng = np.random.default_rng(3)
+    pred = np.zeros((36, 40), np.uint8)
+    pred.flat[rng.permutation(pred.size)[: pred.size // 2]] = 255
+    truth = rng.random(pred.shape) < 0.4
+    calls = []
+    original = PairCounts.soft_image
+    monkeypatch.setattr(PairCounts, "soft_image",
+                        lambda self: calls.append(1) or original(self))
+    f_score, e_score = PairCounts(pred, truth).adaptive_scores()
+    soft = pred / 255
+    binary = soft >= min(2 * soft.mean(), 1)
+    tp = np.count_nonzero(binary & truth)
+    precision, recall = tp / np.count_nonzero(binary), tp / np.count_nonzero(truth)
+    assert calls and f_score == pytest.approx(1.3 * precision * recall / (0.3 * precision + recall),
+                                              rel=1e-12)
+
+
+def test_square_erosion_matches_the_zero_padded_min_filter():
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        h, w = rng.integers(1, 140, 2)
+        radius = int(rng.integers(0, 40))
+        mask = rng.random((h, w)) > rng.random() * 0.3
+        eroded = unpack_rows(erode_square_packed(pack_rows(mask), radius), w)
+        np.testing.assert_array_equal(eroded, min_filter_square(mask.view(np.uint8), radius) > 0)
 
 
 # ------------------------------------------------------------------------------ pieces
