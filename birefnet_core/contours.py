@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .morphology import Runs, connected_runs, erode_square_packed, pack_rows, unpack_rows
+from .morphology import Runs, connected_runs, edge_pixels
 
 Array = np.ndarray
 
@@ -108,11 +108,10 @@ def _neighbourhood_codes(padded: Array) -> Array:
     pixels border following can read get one (mask pixels with a background neighbour; the
     padding ring is background); the others stay 0."""
     stride = padded.shape[1]
-    bits = pack_rows(padded)
-    edge = np.flatnonzero(unpack_rows(bits & ~erode_square_packed(bits, 1), stride))
+    edge = edge_pixels(padded)
     values = padded.view(np.uint8).reshape(-1)
-    edge_codes = values[edge + _DIRECTIONS[0][0]]
-    for bit, (dx, dy) in enumerate(_DIRECTIONS[1:], start=1):
+    edge_codes = np.zeros(edge.size, np.uint8)
+    for bit, (dx, dy) in enumerate(_DIRECTIONS):
         edge_codes |= values[edge + (dx + dy * stride)] << bit
     codes = np.zeros(padded.shape, np.uint8)
     codes.reshape(-1)[edge] = edge_codes

@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import InputError
 from .metrics_boundary import boundary_accuracy, boundary_iou_curve, human_correction_effort
-from .metrics_counts import PairCounts, quantized_levels
+from .metrics_counts import PairCounts
 from .metrics_weighted_f import weighted_f_measure
 from .task_pool import run_overlapped
 
@@ -123,7 +123,7 @@ def _scores(pred8: Array, gt8: Array, hce: int) -> ImageScores:
             weighted_f=weighted_f_measure(error, truth), adaptive_f=adaptive_f,
             adaptive_e=adaptive_e, hce=hce, boundary_accuracy=boundary_accuracy(pred8, gt8),
             f_curve=f_curve, e_curve=e_curve,
-            biou_curve=boundary_iou_curve(quantized_levels(levels)[pred8], truth))
+            biou_curve=boundary_iou_curve(counts.quantized[pred8], truth))
 
 
 # ------------------------------------------------------------------------------ data sets

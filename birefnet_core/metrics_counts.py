@@ -42,6 +42,7 @@ class PairCounts:
     def __init__(self, pred8: Array, truth: Array) -> None:
         self.pred8, self.truth = pred8, truth
         self.levels = normalised_levels(pred8)
+        self.quantized = quantized_levels(self.levels)      # the requantised value per level
         h, w = truth.shape
         self.size = truth.size
         self.truth_size = int(np.count_nonzero(truth))
@@ -72,8 +73,7 @@ class PairCounts:
 
     def threshold_curves(self) -> tuple[Array, Array]:
         """F- and E-measure at the thresholds 255, ..., 0 of the requantised prediction."""
-        quantized = quantized_levels(self.levels)
-        per_threshold = [np.bincount(quantized, weights=row, minlength=256).astype(np.int64)
+        per_threshold = [np.bincount(self.quantized, weights=row, minlength=256).astype(np.int64)
                          for row in self.total]
         true_pos = np.cumsum(per_threshold[1][::-1])
         false_pos = np.cumsum(per_threshold[0][::-1])

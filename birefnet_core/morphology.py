@@ -92,24 +92,34 @@ def _dilate_once(words: Array, spans: list[tuple[int, int]]) -> Array:
     return out
 
 
+def edge_pixels(mask: Array) -> Array:
+    """Flat indices, in raster order, of the True pixels of a boolean image that have a False
+    8-neighbour (outside the image counts as False)."""
+    bits = pack_rows(mask)
+    return np.flatnonzero(unpack_rows(bits & ~erode_square_packed(bits, 1), mask.shape[1]))
+
+
 def erode_square_packed(words: Array, radius: int) -> Array:
     """Erosion by a (2r+1)^2 square with background outside the image (what a minimum filter
-    with zero padding does to a binary image); packed rows, bits past the width clear."""
+    with zero padding does to a binary image); packed rows, bits past the width clear. Each
+    pass ANDs the window [x, x + 2r] and then moves it to [x - r, x + r]: windows reaching
+    outside the image come out 0, as they must here (not for a dilation)."""
     window = 2 * radius + 1
-    across = _run_and(words, window, lambda values, k: _shift_packed(values, k))
-    across = _shift_packed(across, -radius)        # window [x - r, x + r] instead of [x, x + 2r]
-    down = _run_and(across, window, _shift_rows)
+    across = _window_reduce(words, window, lambda v, k: v & _shift_packed(v, k))
+    across = _shift_packed(across, -radius)
+    down = _window_reduce(across, window, lambda v, k: v & _shift_rows(v, k))
     return _shift_rows(down, -radius)
 
 
-def _run_and(values: Array, window: int, shift) -> Array:
-    """out[i] = AND of values[i .. i + window - 1] (zeros past the end), by doubling."""
+def _window_reduce(values: Array, window: int, step) -> Array:
+    """Reduce every window of ``window`` consecutive items, by doubling: ``step(v, k)``
+    combines each item of v with the one k further on; after it, item i covers i .. i + span."""
     span = 1
     while span * 2 <= window:
-        values = values & shift(values, span)
+        values = step(values, span)
         span *= 2
     if span < window:
-        values = values & shift(values, window - span)
+        values = step(values, window - span)
     return values
 
 
@@ -152,15 +162,8 @@ def min_filter_square(image: Array, radius: int) -> Array:
 
 def _sliding_min(values: Array, window: int, axis: int) -> Array:
     """Minimum over windows of ``window`` along ``axis`` ('valid' mode), by doubling."""
-    out = values
-    span = 1
-    while span * 2 <= window:            # out[i] = min(values[i : i + span])
-        out = np.minimum(_take(out, 0, -span, axis), _take(out, span, None, axis))
-        span *= 2
-    if span < window:
-        rest = window - span
-        out = np.minimum(_take(out, 0, -rest, axis), _take(out, rest, None, axis))
-    return out
+    return _window_reduce(values, window, lambda v, k: np.minimum(
+        _take(v, 0, -k, axis), _take(v, k, None, axis)))
 
 
 def _take(values: Array, start: int, stop: int | None, axis: int) -> Array:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .morphology import edge_pixels
+
 Array = np.ndarray
 
 # Neighbourhood code: bit k set when neighbour k is foreground, neighbours clockwise from north.
@@ -55,7 +57,7 @@ def skeletonize(mask: Array) -> Array:
     views = [flat[base + offset:] for offset in offsets]
     pixels = flat[base:]
 
-    frontier = _border_pixels(flat, offsets, stride) - base
+    frontier = edge_pixels(image.view(bool)) - base   # only these can ever be deleted
     frontier = frontier[_EITHER_PASS[_codes(views, frontier)]]
     slot = np.empty(flat.size, np.int64)              # scratch for de-duplication
     deleted_in_iteration = True
@@ -74,16 +76,6 @@ def skeletonize(mask: Array) -> Array:
             touched = touched[pixels[touched] != 0]
             frontier = _unique(np.concatenate([kept, touched]), slot)
     return image[1:-1, 1:-1].astype(bool)
-
-
-def _border_pixels(flat: Array, offsets: Array, stride: int) -> Array:
-    """Foreground pixels with a background neighbour (the others are never deleted), in order;
-    the frame keeps every neighbour of a foreground pixel inside ``flat``."""
-    low, high = stride + 1, flat.size - stride - 1
-    interior = flat[low + offsets[0]:high + offsets[0]].copy()
-    for offset in offsets[1:]:
-        interior &= flat[low + offset:high + offset]
-    return np.flatnonzero(flat[low:high] > interior) + low
 
 
 def _codes(views: list[Array], pixels: Array) -> Array:

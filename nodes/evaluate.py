@@ -1,7 +1,6 @@
 """BiRefNetEvaluate: score predicted masks against ground-truth masks (the paper's metrics)."""
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 
@@ -54,12 +53,13 @@ class BiRefNetEvaluate:
         truths = parts["ground_truth"][:, 0].cpu().numpy()
         suite = metrics.MetricSuite()
         report = interrupt_aware_progress(len(preds))
-        done = itertools.count(1)
+        done = [0]
         reporting = threading.Lock()
 
         def one_more() -> None:                    # on a scoring thread; Cancel stops them all
             with reporting:
-                report(next(done), len(preds))
+                done[0] += 1
+                report(done[0], len(preds))
         try:
             suite.add_pairs(preds, truths, on_pair=one_more, item="mask")
         except birefnet_core.InputError as error:

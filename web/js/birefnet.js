@@ -12,6 +12,7 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { METRICS_WIDGET, showMetrics } from "./birefnet_metrics.js";
 import { PREVIEW_WIDGET, showPreview } from "./birefnet_preview.js";
+import { drawnWidget } from "./birefnet_widget.js";
 
 const PREVIEW_NODES = new Set(["BiRefNetSegment", "BiRefNetRefineEdges", "BiRefNetVideoMatte"]);
 const LOADER = "BiRefNetLoader";
@@ -109,12 +110,7 @@ function fitText(ctx, text, width) {
 }
 
 function statusWidget(node) {
-	return {
-		name: STATUS_WIDGET,
-		type: STATUS_WIDGET,
-		value: null,
-		serialize: false,
-		options: { serialize: false },
+	return drawnWidget(STATUS_WIDGET, {
 		draw(ctx, _node, width, y, _height, lowQuality) {
 			const value = modelWidget(node)?.value;
 			if (node.birefnetModelStatus?.name !== value) updateStatus(node);
@@ -143,7 +139,7 @@ function statusWidget(node) {
 		computeSize(width) {
 			return [width ?? node.size[0], statusHeight(node)];
 		},
-	};
+	});
 }
 
 function setUpLoader(node) {

@@ -2,16 +2,13 @@
 // `birefnet_metrics`: one text table, nodes/evaluate.py). State: `node.birefnetMetrics`, the
 // table's lines. A helper of birefnet.js; registers nothing by itself.
 
+import { drawnWidget } from "./birefnet_widget.js";
+
 export const METRICS_WIDGET = "birefnet_metrics";
 const LINE = 15;
 
 function metricsWidget(node) {
-	return {
-		name: METRICS_WIDGET,
-		type: METRICS_WIDGET,
-		value: null,
-		serialize: false,
-		options: { serialize: false },
+	return drawnWidget(METRICS_WIDGET, {
 		draw(ctx, _node, width, y, _height, lowQuality) {
 			const lines = node.birefnetMetrics ?? [];
 			if (lowQuality || !lines.length) return;
@@ -27,7 +24,7 @@ function metricsWidget(node) {
 		computeSize(width) {
 			return [width ?? node.size[0], LINE * (node.birefnetMetrics?.length ?? 0) + 12];
 		},
-	};
+	});
 }
 
 /** Show a `birefnet_metrics` message (a list holding one text table) on the node. */

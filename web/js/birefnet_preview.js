@@ -12,6 +12,8 @@
 //   imageRect / prevRect / nextRect: where the picture and the arrows were last drawn, in node
 //   coordinates (x from the node's left, y from the top of its body).
 
+import { drawnWidget } from "./birefnet_widget.js";
+
 export const PREVIEW_WIDGET = "birefnet_preview";
 
 const MARGIN = 10;
@@ -301,15 +303,9 @@ function mouse(node, event, pos) {
 	return false;
 }
 
-/** A canvas-drawn widget (works with the legacy LiteGraph and the current one alike). Its value
- * is never serialized, so the prompt and the saved workflow are unchanged. */
+/** The preview: picture, split handle and frame arrows, drawn on the canvas. */
 function previewWidget(node) {
-	return {
-		name: PREVIEW_WIDGET,
-		type: PREVIEW_WIDGET,
-		value: null,
-		serialize: false,
-		options: { serialize: false },
+	return drawnWidget(PREVIEW_WIDGET, {
 		draw(ctx, _node, width, y, _height, lowQuality) {
 			draw(node, ctx, width, y, !!lowQuality);
 		},
@@ -319,5 +315,5 @@ function previewWidget(node) {
 		mouse(event, pos) {
 			return mouse(node, event, pos);
 		},
-	};
+	});
 }
