@@ -32,11 +32,10 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_json  # noqa: E402
-
 import birefnet_core  # noqa: E402
-from birefnet_core.finetune import FinetuneOptions, finetune  # noqa: E402
-from birefnet_core.training import training_forward, training_loss  # noqa: E402
+from bench.common import write_json  # noqa: E402
+from birefnet_core.training.finetune import FinetuneOptions, finetune  # noqa: E402
+from birefnet_core.training.forward import training_forward, training_loss  # noqa: E402
 from tests.synthetic import synthetic_float_weights  # noqa: E402
 
 Array = np.ndarray

@@ -1,4 +1,4 @@
-"""Evaluation metrics: CPU time of birefnet_core.metrics against the official BiRefNet evaluator.
+"""Evaluation metrics: CPU time of birefnet_core.metrics.suite against the official BiRefNet evaluator.
 
 Two data sets: the six fixture pairs of tests/fixtures/eval (small, 64-320 px), and 50 pairs of
 1024x1024 made from them: each prediction upscaled bilinearly, each ground truth upscaled
@@ -37,8 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_json  # noqa: E402
-
-from birefnet_core.metrics import TABLE_COLUMNS, evaluate_pairs  # noqa: E402
+from birefnet_core.metrics.suite import TABLE_COLUMNS, evaluate_pairs  # noqa: E402
 
 Array = np.ndarray
 Pairs = list[tuple[Array, Array]]

@@ -18,11 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_json  # noqa: E402
-
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from bench.common import write_json  # noqa: E402
 from tests.comfyui_inprocess import import_pack  # noqa: E402
 from tests.synthetic import synthetic_float_weights  # noqa: E402
 

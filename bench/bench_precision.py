@@ -18,9 +18,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_json  # noqa: E402
-
 import birefnet_core  # noqa: E402
+from bench.common import write_json  # noqa: E402
 from tests.synthetic import BACKBONES, parity_fixture, parity_fixture_names, synthetic_float_weights  # noqa: E402
 
 

@@ -23,10 +23,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_json  # noqa: E402
-
 import birefnet_core  # noqa: E402
-from birefnet_core.inference import normalize, resize_images  # noqa: E402
+from bench.common import write_json  # noqa: E402
+from birefnet_core.inference.predict import normalize, resize_images  # noqa: E402
 from tests.synthetic import synthetic_float_weights  # noqa: E402
 
 

@@ -9,7 +9,7 @@ the alpha-weighted mean absolute error of F in the transition band (0 < alpha < 
 
 Methods: the naive cutout (F = I); blur fusion written with OpenCV's cv2.blur (box widths 90 then
 6, as in Forte's paper code); pymatting's estimate_foreground_ml (numba; its first-call compile
-is timed separately); ours (birefnet_core.foreground), both methods, float32, plus bfloat16 once.
+is timed separately); ours (birefnet_core.matting.foreground), both methods, float32, plus bfloat16 once.
 Needs requirements-bench.txt (pymatting, opencv-python-headless, scipy).
 
     python bench/bench_refine.py [--sizes 1024 2048] [--out bench/results/refine.json]
@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_json  # noqa: E402
-
-from birefnet_core.foreground import estimate_foreground  # noqa: E402
+from birefnet_core.matting.foreground import estimate_foreground  # noqa: E402
 
 Array = np.ndarray
 

@@ -34,7 +34,7 @@ def _use_torchvision_deform_conv() -> None:
     """Swap the plain-PyTorch kernel for torchvision's compiled one (the baseline)."""
     from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
-    import birefnet_core.deform_conv as deform_conv
+    import birefnet_core.network.deform_conv as deform_conv
 
     def forward(self, x, epilogue=None):
         offset, modulator = self._offsets(x)

@@ -131,7 +131,7 @@ def memory(variant: str, size: int, counts: list[int]) -> list[dict]:
 
 def flicker(network_variant: str) -> dict:
     import birefnet_core
-    from birefnet_core.temporal import STABILIZE_METHODS, TemporalStabilizer
+    from birefnet_core.inference.temporal import STABILIZE_METHODS, TemporalStabilizer
     result: dict = {"simulated": [], "network": []}
     for noise in (0.01, 0.03, 0.06):
         clip = make_clip(noise=noise)

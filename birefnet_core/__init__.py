@@ -4,21 +4,25 @@ imports ComfyUI.
 
 Public API: load_model, predict, predict_batched, detect_variant, refine_mask,
 estimate_foreground, matte_video / stream_mattes, evaluate_pairs (the paper's metrics), and
-the CLIs ``python -m birefnet_core``, ``python -m birefnet_core.evaluate`` and
+the commands ``python -m birefnet_core``, ``python -m birefnet_core.evaluate`` and
 ``python -m birefnet_core.finetune``.
+
+Layout (imports flow down this list, never up):
+    network/    the model: backbones, decoder, deformable convolution, variants
+    weights/    checkpoints, key remapping, variant detection, known models, downloads
+    matting/    foreground colours and mask refinement
+    inference/  predict, batching, video and temporal stabilisation
+    metrics/    the paper's metrics (NumPy)
+    training/   losses, training forward, fine-tuning
+    data/       image files in and out
+    cli.py, evaluate.py, finetune.py   the commands
 """
-from . import batching, temporal
-from .batching import predict_batched
 from .errors import BiRefNetError, CheckpointError, InputError, ModelNotAvailableError
-from .foreground import estimate_foreground
-from .inference import predict
-from .known_models import KNOWN_MODELS, KnownModel
+from .inference import matte_video, predict, predict_batched, stream_mattes
+from .matting import estimate_foreground, refine_mask
 from .metrics import evaluate_pairs
-from .loading import ModelInfo, load_model
-from .model import BiRefNet
-from .refine import refine_mask
-from .variants import VARIANTS, BiRefNetVariant, detect_variant, get_variant
-from .video import matte_video, stream_mattes
+from .network import VARIANTS, BiRefNet, BiRefNetVariant, get_variant
+from .weights import KNOWN_MODELS, KnownModel, ModelInfo, detect_variant, load_model
 
 __all__ = [
     "BiRefNet", "BiRefNetError", "BiRefNetVariant", "CheckpointError", "InputError",

@@ -18,16 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .data.images import collect_images, mask_image, read_image, save_outputs
 from .errors import BiRefNetError
-from .hub import default_models_dir, resolve_checkpoint
-from .inference import predict
-from .loading import load_model
+from .inference.predict import predict
+from .weights.hub import default_models_dir, resolve_checkpoint
+from .weights.loading import load_model
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
 class UsageError(Exception):
@@ -88,37 +87,10 @@ def choose_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPE_NAMES[name]
 
 
-def collect_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Files named directly, plus the image files inside named folders; and what is missing."""
-    found: list[Path] = []
-    missing: list[str] = []
-    for text in inputs:
-        path = Path(text).expanduser()
-        if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir()
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.is_file():
-            found.append(path)
-        else:
-            missing.append(text)
-    return found, missing
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB; alpha is dropped, 16-bit greyscale is scaled down."""
-    if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")
-    elif image.mode in ("P", "PA"):
-        image = image.convert("RGBA")  # palette transparency is resolved before it is dropped
-    return image.convert("RGB")
 
 
-def read_image(path: Path) -> Image.Image:
-    with Image.open(path) as opened:
-        opened.load()
-        upright = ImageOps.exif_transpose(opened)
-        return to_rgb(upright)
 
 
 def compute_mask(model: torch.nn.Module, rgb: Image.Image,
@@ -127,14 +99,9 @@ def compute_mask(model: torch.nn.Module, rgb: Image.Image,
     pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
     batch = pixels.permute(2, 0, 1).unsqueeze(0)
     mask = predict(model, batch, resolution=resolution)[0, 0].float().cpu().numpy()
-    return Image.fromarray(np.round(np.clip(mask, 0.0, 1.0) * 255.0).astype(np.uint8), "L")
+    return mask_image(mask)
 
 
-def save_outputs(rgb: Image.Image, mask: Image.Image, out_dir: Path, stem: str) -> None:
-    mask.save(out_dir / f"{stem}_mask.png")
-    cutout = rgb.convert("RGBA")
-    cutout.putalpha(mask)
-    cutout.save(out_dir / f"{stem}_cutout.png")
 
 
 class Progress:
@@ -196,15 +163,21 @@ def process_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path,
     return failures
 
 
-def _load(args: argparse.Namespace) -> torch.nn.Module:
-    device = choose_device(args.device)
-    dtype = choose_dtype(args.dtype, device)
-    checkpoint = resolve_checkpoint(args.model, args.models_dir)
-    model = load_model(checkpoint, device=device, dtype=dtype, patch_order=args.patch_order)
-    info = model.info
-    print(f"BiRefNet {info.variant} from {checkpoint} on {device} ({str(dtype)[6:]}), patch "
-          f"order {info.patch_order}", file=sys.stderr)
-    return model
+def open_model(model: str, *, device: str = "auto", dtype: str = "auto",
+               patch_order: str = "auto", models_dir: str | None = None,
+               announce: bool = True) -> torch.nn.Module:
+    """The model a command was asked for: a known name (downloaded on first use) or a
+    checkpoint file, on the chosen device and dtype. Every command opens models through here."""
+    torch_device = choose_device(device)
+    torch_dtype = choose_dtype(dtype, torch_device)
+    checkpoint = resolve_checkpoint(model, models_dir)
+    network = load_model(checkpoint, device=torch_device, dtype=torch_dtype,
+                         patch_order=patch_order)
+    if announce:
+        info = network.info
+        print(f"BiRefNet {info.variant} from {checkpoint} on {torch_device} "
+              f"({str(torch_dtype)[6:]}), patch order {info.patch_order}", file=sys.stderr)
+    return network
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot create the output folder {out_dir}: {exc}", file=sys.stderr)
         return 2
     try:
-        model = _load(args)
+        model = open_model(args.model, device=args.device, dtype=args.dtype,
+                           patch_order=args.patch_order, models_dir=args.models_dir)
         failures = process_images(model, paths, out_dir, args.resolution)
     except (BiRefNetError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

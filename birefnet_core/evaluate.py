@@ -21,29 +21,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .cli import IMAGE_SUFFIXES
+from .data.images import images_by_stem, listing
 from .errors import InputError
-from .metrics import MetricSuite, format_table
-
-_LISTED = 10                             # names shown before "... and N more"
-
-
-def images_by_stem(folder: Path, role: str) -> dict[str, Path]:
-    """The image files directly in ``folder``, keyed by file name without extension."""
-    if not folder.is_dir():
-        raise InputError(f"the {role} folder {folder} does not exist or is not a folder")
-    found: dict[str, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            found.setdefault(path.stem, []).append(path)
-    if not found:
-        raise InputError(f"the {role} folder {folder} holds no images (it holds no image files "
-                         f"with a suffix among {', '.join(sorted(IMAGE_SUFFIXES))})")
-    doubles = [paths for paths in found.values() if len(paths) > 1]
-    if doubles:
-        raise InputError(f"the {role} folder has several images with the same name: "
-                         + _listing(", ".join(p.name for p in paths) for paths in doubles))
-    return {stem: paths[0] for stem, paths in found.items()}
+from .metrics.suite import MetricSuite, format_table
 
 
 def match_pairs(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -53,7 +33,7 @@ def match_pairs(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[Path, Path]], 
     missing = sorted(set(gts) - set(preds))
     if missing:
         raise InputError(f"{len(missing)} of {len(gts)} ground truths have no prediction in "
-                         f"{pred_dir}: " + _listing(gts[stem].name for stem in missing))
+                         f"{pred_dir}: " + listing(gts[stem].name for stem in missing))
     extra = sorted(set(preds) - set(gts))
     return [(preds[stem], gts[stem]) for stem in sorted(gts)], [preds[s].name for s in extra]
 
@@ -75,7 +55,7 @@ def evaluate_folders(pairs: list[tuple[Path, Path]], progress: bool = True) -> d
              for (p, g), (pred, gt) in zip(pairs, images) if pred.shape != gt.shape]
     if wrong:
         raise InputError(f"{len(wrong)} predictions differ in size from their ground truth "
-                         "(width x height): " + _listing(wrong))
+                         "(width x height): " + listing(wrong))
     suite = MetricSuite()
     with tqdm(total=len(images), desc="evaluating", unit="pair", disable=not progress) as bar:
         suite.add_pairs([p for p, _ in images], [g for _, g in images],
@@ -83,10 +63,6 @@ def evaluate_folders(pairs: list[tuple[Path, Path]], progress: bool = True) -> d
     return suite.results()
 
 
-def _listing(items) -> str:
-    items = list(items)
-    shown = "; ".join(items[:_LISTED])
-    return shown + (f"; ... and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pairs, extra = match_pairs(args.pred, args.gt)
         if extra:
-            print(f"ignored {len(extra)} predictions without a ground truth: {_listing(extra)}",
+            print(f"ignored {len(extra)} predictions without a ground truth: {listing(extra)}",
                   file=sys.stderr)
         results = evaluate_folders(pairs, progress=not args.quiet)
     except InputError as error:

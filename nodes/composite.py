@@ -2,45 +2,23 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import comfy.model_management as mm
 
-from .tensors import (NodeInputError, broadcast_batches, check_same_size, color_image,
-                      image_to_nchw, mask_to_nchw, nchw_to_image, parse_color)
+from .runtime import fit_background
+from .tensors import (
+    NodeInputError,
+    broadcast_batches,
+    check_same_size,
+    color_image,
+    image_to_nchw,
+    mask_to_nchw,
+    nchw_to_image,
+    parse_color,
+)
 
 NODE = "BiRefNetComposite"
 FITS = ("cover", "stretch", "center")
-
-
-def fit_background(background: torch.Tensor, height: int, width: int, fit: str) -> torch.Tensor:
-    """(B, 3, h, w) -> (B, 3, height, width).
-
-    cover: scale to cover, keeping the aspect ratio, and crop the middle; stretch: scale to the
-    size, ignoring the aspect ratio; center: no scaling, crop or pad around the middle. Padding
-    is NaN, for the caller to fill with its colour.
-    """
-    bg_h, bg_w = background.shape[-2:]
-    if fit == "stretch":
-        return _resize(background, height, width)
-    if fit == "cover":
-        scale = max(height / bg_h, width / bg_w)
-        scaled_h, scaled_w = max(height, round(bg_h * scale)), max(width, round(bg_w * scale))
-        background = _resize(background, scaled_h, scaled_w)
-        bg_h, bg_w = scaled_h, scaled_w
-    top, left = (bg_h - height) // 2, (bg_w - width) // 2
-    pad = (max(0, -left), max(0, width - bg_w + left), max(0, -top), max(0, height - bg_h + top))
-    background = F.pad(background, pad, value=float("nan"))          # NaN marks the padding
-    top, left = max(0, top), max(0, left)
-    return background[..., top:top + height, left:left + width]
-
-
-def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == (height, width):
-        return x
-    shrinking = height < x.shape[-2] or width < x.shape[-1]
-    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
-                         antialias=shrinking).clamp(0, 1)
 
 
 class BiRefNetComposite:

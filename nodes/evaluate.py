@@ -8,7 +8,7 @@ import torch
 
 from .. import birefnet_core
 from ..birefnet_core import metrics
-from .segment import interrupt_aware_progress
+from .runtime import interrupt_aware_progress
 from .tensors import NodeInputError, broadcast_batches, mask_to_nchw
 
 NODE = "BiRefNetEvaluate"

@@ -12,6 +12,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from .. import birefnet_core
+from ..birefnet_core.weights.loading import resolve_dtype
 from .model_files import local_path, model_choices, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def _devices(choice: str) -> tuple[torch.device, torch.device]:
 def _dtype(choice: str, device: torch.device) -> torch.dtype:
     if choice == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    return birefnet_core.loading.resolve_dtype(choice)
+    return resolve_dtype(choice)
 
 
 def _file_stamp(path: str) -> tuple[int, int]:

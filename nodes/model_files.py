@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import folder_paths
 
-from ..birefnet_core.hub import resolve_checkpoint
-from ..birefnet_core.known_models import KNOWN_MODELS
+from ..birefnet_core.weights.hub import resolve_checkpoint
+from ..birefnet_core.weights.known_models import KNOWN_MODELS
 from .tensors import NodeInputError
 
 FOLDER = "birefnet"

@@ -5,9 +5,16 @@ import torch
 
 from .. import birefnet_core
 from .preview import with_preview
-from .segment import per_image
-from .tensors import (NodeInputError, broadcast_batches, check_same_size, image_to_nchw,
-                      mask_to_nchw, nchw_to_image, nchw_to_mask)
+from .runtime import per_image
+from .tensors import (
+    NodeInputError,
+    broadcast_batches,
+    check_same_size,
+    image_to_nchw,
+    mask_to_nchw,
+    nchw_to_image,
+    nchw_to_mask,
+)
 
 NODE = "BiRefNetRefineEdges"
 METHODS = ("multilevel", "blur_fusion", "none")

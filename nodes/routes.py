@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..birefnet_core.known_models import KNOWN_MODELS
+from ..birefnet_core.weights.known_models import KNOWN_MODELS
 from .model_files import download_folder, local_path, model_choices
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def register_routes() -> None:
     pack outside a server, as the tests and scripts do, registers nothing)."""
     try:
         from aiohttp import web
+
         from server import PromptServer
     except ImportError:
         return

@@ -1,100 +1,14 @@
 """BiRefNetSegment: images -> soft masks, RGBA cutouts and a composite on a colour."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 import torch
 
-import comfy.model_management as mm
-import comfy.utils
-
-from .. import birefnet_core
+from ..birefnet_core import estimate_foreground
 from .preview import with_preview
-from .tensors import (NodeInputError, color_image, image_to_nchw, nchw_to_image, nchw_to_mask,
-                      parse_color)
+from .runtime import per_image, run_model, settings_problem
+from .tensors import color_image, image_to_nchw, nchw_to_image, nchw_to_mask, parse_color
 
 NODE = "BiRefNetSegment"
-
-
-def interrupt_aware_progress(total: int):
-    """A progress callback: updates ComfyUI's bar and stops if the user pressed Cancel."""
-    bar = comfy.utils.ProgressBar(total)
-
-    def report(done: int, _total: int) -> None:
-        bar.update_absolute(done, total)
-        mm.throw_exception_if_processing_interrupted()
-    return report
-
-
-def per_image(node: str, step: Callable[..., torch.Tensor], *batches: torch.Tensor) -> torch.Tensor:
-    """step(*images) for each image of equal-length (B, C, H, W) batches, on ComfyUI's torch
-    device, with progress and Cancel between images; the results, concatenated, on the
-    intermediate device. birefnet_core's errors come out as NodeInputError naming the node."""
-    total = batches[0].shape[0]
-    device, keep = mm.get_torch_device(), mm.intermediate_device()
-    report = interrupt_aware_progress(total)
-    mm.throw_exception_if_processing_interrupted()
-    results = []
-    for index in range(total):
-        try:
-            result = step(*(batch[index:index + 1].to(device) for batch in batches))
-        except birefnet_core.BiRefNetError as error:
-            raise NodeInputError(f"{node}: {error}") from error
-        results.append(result.to(keep))
-        report(index + 1, total)
-    return torch.cat(results)
-
-
-def resolution_problem(resolution: int, node: str) -> str | None:
-    if resolution and (resolution < 0 or resolution % 32):
-        return (f"{node}: resolution {resolution} is not a multiple of 32; use "
-                f"{max(32, round(resolution / 32) * 32)} or 0 for the model's own")
-    return None
-
-
-def run_model(patcher, images: torch.Tensor, resolution: int, batch_size: int,
-              node: str) -> torch.Tensor:
-    """(B, 3, H, W) on any device -> masks (B, 1, H, W) on ComfyUI's intermediate device."""
-    problem = resolution_problem(resolution, node)
-    if problem:
-        raise NodeInputError(problem)
-    mm.load_models_gpu([patcher])
-    mm.throw_exception_if_processing_interrupted()
-    with model_errors(node, "image"):
-        return birefnet_core.batching.predict_batched(
-            patcher.model, images, resolution=resolution or None, batch_size=batch_size,
-            output_device=mm.intermediate_device(),
-            progress=interrupt_aware_progress(images.shape[0]))
-
-
-@contextmanager
-def model_errors(node: str, unit: str) -> Iterator[None]:
-    """birefnet_core's errors as NodeInputError naming the node; running out of memory even at
-    one ``unit`` per pass (predict halves its batches first) as an error saying what to change."""
-    try:
-        yield
-    except birefnet_core.BiRefNetError as error:
-        raise NodeInputError(f"{node}: {error}") from error
-    except Exception as error:
-        if birefnet_core.batching.is_out_of_memory(error):
-            raise RuntimeError(f"{node}: out of memory even at one {unit} per pass; lower the "
-                               "resolution, choose dtype fp16/bf16 in the Loader, or free "
-                               "memory (Unload models)") from error
-        raise
-
-
-def settings_problem(resolution: int, background_color: str, node: str) -> str | bool:
-    """VALIDATE_INPUTS of the nodes that take a resolution and a colour: checked when the
-    prompt is queued, before any model is loaded. True, or what is wrong."""
-    problem = resolution_problem(resolution, node)
-    if problem:
-        return problem
-    try:
-        parse_color(background_color, node)
-    except NodeInputError as error:
-        return str(error)
-    return True
 
 
 def finish_masks(masks: torch.Tensor, threshold: float, invert: bool) -> torch.Tensor:
@@ -159,7 +73,7 @@ class BiRefNetSegment:
         masks = finish_masks(run_model(model, rgb, resolution, batch_size, NODE), threshold,
                              invert)
         if refine_edges:
-            rgb = per_image(NODE, birefnet_core.estimate_foreground, rgb, masks)
+            rgb = per_image(NODE, estimate_foreground, rgb, masks)
         rgb = rgb.to(masks.device)
         cutout = torch.cat([rgb, masks], dim=1)
         composite = rgb * masks + color_image(color, rgb) * (1.0 - masks)

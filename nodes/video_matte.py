@@ -9,9 +9,9 @@ import comfy.model_management as mm
 import comfy.utils
 
 from .. import birefnet_core
-from .composite import fit_background
+from ..birefnet_core.inference import STABILIZE_METHODS
 from .preview import with_preview
-from .segment import model_errors, resolution_problem, settings_problem
+from .runtime import fit_background, model_errors, resolution_problem, settings_problem
 from .tensors import NodeInputError, color_image, image_to_nchw, parse_color
 
 NODE = "BiRefNetVideoMatte"
@@ -36,7 +36,7 @@ class BiRefNetVideoMatte:
                                     "tooltip": "Temporal smoothing of the masks where the scene "
                                                "holds still (less flicker; moving edges do not "
                                                "lag). 0: every frame's own mask."}),
-            "stabilize_method": (list(birefnet_core.temporal.STABILIZE_METHODS), {
+            "stabilize_method": (list(STABILIZE_METHODS), {
                 "default": "median",
                 "tooltip": "median: strongest flicker removal, looks 1-2 frames ahead; ema: "
                            "uses past frames only."}),

@@ -285,7 +285,7 @@ CORRUPT_NAME = "corrupt.safetensors"
 
 def write_checkpoints(folder: Path) -> Path:
     """A synthetic pvt_v2_b0 checkpoint (official safetensors layout) and a truncated copy."""
-    import safetensors.torch      # the test environment's packages, imported only when needed
+    import safetensors.torch  # the test environment's packages, imported only when needed
 
     from tests.synthetic import synthetic_float_weights
 

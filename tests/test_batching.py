@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import birefnet_core
-from birefnet_core.batching import is_out_of_memory, predict_batched
+from birefnet_core.inference.batching import is_out_of_memory, predict_batched
 from tests.synthetic import synthetic_float_weights
 
 

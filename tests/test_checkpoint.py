@@ -1,4 +1,4 @@
-"""Tests of birefnet_core.checkpoint with real files in every format BiRefNet ships in."""
+"""Tests of birefnet_core.weights.checkpoint with real files in every format BiRefNet ships in."""
 from __future__ import annotations
 
 import builtins
@@ -10,9 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from birefnet_core.checkpoint import (cast_floats, check_state_dict, describe_state_dict,
-                                      read_checkpoint, remap_state_dict)
 from birefnet_core.errors import CheckpointError
+from birefnet_core.weights.checkpoint import (
+    cast_floats,
+    check_state_dict,
+    describe_state_dict,
+    read_checkpoint,
+    remap_state_dict,
+)
 from tests.synthetic import BACKBONES, manifest, synthetic_state_dict
 
 SMALL = "pvt_v2_b0"

@@ -13,7 +13,6 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from birefnet_core import load_model, predict
-
 from tests.synthetic import synthetic_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 import birefnet_core
-from tests.comfyui_server import (CHECKPOINT_NAME, CORRUPT_NAME, PromptRejected,
-                                  execution_error, status_of)
+from tests.comfyui_server import CHECKPOINT_NAME, CORRUPT_NAME, PromptRejected, execution_error, status_of
 
 LOADED_LINE = f"BiRefNet: loaded {CHECKPOINT_NAME}"
 EPS = 1e-4

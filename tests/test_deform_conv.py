@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from birefnet_core.deform_conv import DeformableConv2d, deform_conv2d
+from birefnet_core.network.deform_conv import DeformableConv2d, deform_conv2d
 
 torchvision_ops = pytest.importorskip("torchvision.ops")
 
@@ -86,7 +86,7 @@ def test_gradients_match_torchvision():
 
 
 def test_block_size_does_not_change_the_result(monkeypatch):
-    import birefnet_core.deform_conv as module
+    import birefnet_core.network.deform_conv as module
     x, offset, weight, bias, mask = _inputs(7, 3, 1, 1, seed=4)
     whole = deform_conv2d(x, offset, weight, bias, padding=3, mask=mask)
     monkeypatch.setattr(module, "_COLUMN_BYTES", 1)            # 64-pixel blocks

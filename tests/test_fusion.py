@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import birefnet_core
-from birefnet_core.backbones.swin import window_layout, window_merge, window_partition
-from birefnet_core.decoder import two_convs_as_one
-from birefnet_core.fusion import fold_batchnorm
+from birefnet_core.network.backbones.swin import window_layout, window_merge, window_partition
+from birefnet_core.network.decoder import two_convs_as_one
+from birefnet_core.network.folding import fold_batchnorm
 from tests.synthetic import parity_fixture, synthetic_float_weights
 
 TOLERANCE = 1e-4

@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from birefnet_core.errors import ModelNotAvailableError
-from birefnet_core.hub import default_models_dir, resolve_checkpoint
-from birefnet_core.known_models import KNOWN_MODELS
+from birefnet_core.weights.hub import default_models_dir, resolve_checkpoint
+from birefnet_core.weights.known_models import KNOWN_MODELS
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 

@@ -10,7 +10,6 @@ from safetensors.torch import save_file
 
 import birefnet_core
 from birefnet_core import CheckpointError
-
 from tests.synthetic import parity_fixture, synthetic_float_weights, synthetic_state_dict
 
 BACKBONE, FIXTURE = "swin_v1_t", "swin_v1_t_256x256"

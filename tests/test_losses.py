@@ -11,10 +11,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import birefnet_core
-from birefnet_core import InputError, losses
-from birefnet_core.finetune import FinetuneOptions, find_pairs, finetune, main
-from birefnet_core.training import image_laplacian, training_forward, training_loss
-
+from birefnet_core import InputError
+from birefnet_core.training import losses
+from birefnet_core.finetune import main
+from birefnet_core.training.finetune import FinetuneOptions, find_pairs, finetune
+from birefnet_core.training.forward import image_laplacian, training_forward, training_loss
 from tests.synthetic import manifest, synthetic_float_weights
 
 EVAL = Path(__file__).resolve().parent / "fixtures" / "eval"

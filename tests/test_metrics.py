@@ -21,14 +21,20 @@ import torch
 from PIL import Image
 
 from birefnet_core import evaluate as cli
-from birefnet_core.contours import polyline_vertex_counts, trace_borders
-from birefnet_core.distance_transform import nearest_feature
 from birefnet_core.errors import InputError
-from birefnet_core.metrics import (TABLE_COLUMNS, MetricSuite, as_uint8, evaluate_pairs,
-                                   format_table, score_image)
-from birefnet_core.metrics_counts import PairCounts
-from birefnet_core.morphology import erode_square_packed, min_filter_square, pack_rows, unpack_rows
-from birefnet_core.skeleton import skeletonize
+from birefnet_core.metrics.contours import polyline_vertex_counts, trace_borders
+from birefnet_core.metrics.counts import PairCounts
+from birefnet_core.metrics.distance_transform import nearest_feature
+from birefnet_core.metrics.morphology import erode_square_packed, min_filter_square, pack_rows, unpack_rows
+from birefnet_core.metrics.skeleton import skeletonize
+from birefnet_core.metrics.suite import (
+    TABLE_COLUMNS,
+    MetricSuite,
+    as_uint8,
+    evaluate_pairs,
+    format_table,
+    score_image,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 RTOL = 1e-6

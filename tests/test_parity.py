@@ -6,11 +6,9 @@ import pytest
 import torch
 
 import birefnet_core
-from birefnet_core.model import BiRefNet
-from birefnet_core.variants import VARIANTS
-
-from tests.synthetic import (BACKBONES, manifest, parity_fixture, parity_fixture_names,
-                        synthetic_float_weights)
+from birefnet_core.network.model import BiRefNet
+from birefnet_core.network.variants import VARIANTS
+from tests.synthetic import BACKBONES, manifest, parity_fixture, parity_fixture_names, synthetic_float_weights
 
 TOLERANCE = 1e-4
 

@@ -8,8 +8,7 @@ from PIL import Image
 
 import birefnet_core
 from birefnet_core import InputError
-from birefnet_core.inference import resize_images
-
+from birefnet_core.inference.predict import resize_images
 from tests.synthetic import parity_fixture, synthetic_float_weights
 
 

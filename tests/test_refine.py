@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from birefnet_core.errors import InputError
-from birefnet_core.refine import dilate_disk, edge_band, refine_mask
+from birefnet_core.matting.refine import dilate_disk, edge_band, refine_mask
 
 
 def _disk(size: int, radius: float, center: tuple[int, int] | None = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import birefnet_core
 from bench.video_clips import edge_lag, make_clip, simulated_masks, static_flicker
 from birefnet_core.errors import InputError
-from birefnet_core.temporal import STABILIZE_METHODS, TemporalStabilizer
+from birefnet_core.inference.temporal import STABILIZE_METHODS, TemporalStabilizer
 from tests.synthetic import synthetic_float_weights
 from tests.test_batching import _RunsOutAboveTwo
 

@@ -96,8 +96,9 @@ def test_cancel_stops_between_passes(model):
 
 
 def test_run_adds_a_preview_and_leaves_the_outputs_alone(model):
-    import folder_paths
     from PIL import Image
+
+    import folder_paths
     frames = _frames(count=6)
     returned = nodes.BiRefNetVideoMatte().run(model, frames, **DEFAULTS)
     assert all(torch.equal(a, b) for a, b in zip(returned["result"], _matte(model, frames)))

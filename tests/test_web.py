@@ -11,9 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser import (browser, console_messages, page,  # noqa: F401 - pytest fixtures
-                           load_ui_workflow, open_comfyui, pack_console_errors, queue_and_wait,
-                           screenshot, skip_first_run_dialogs)
+from tests.browser import (  # noqa: F401 - pytest fixtures
+    browser,
+    console_messages,
+    load_ui_workflow,
+    open_comfyui,
+    pack_console_errors,
+    page,
+    queue_and_wait,
+    screenshot,
+    skip_first_run_dialogs,
+)
 from tests.comfyui_server import CHECKPOINT_NAME, PACK_LINK_NAME
 from tests.test_comfyui_e2e import structured_image
 

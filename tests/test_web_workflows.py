@@ -8,8 +8,14 @@ import json
 
 import pytest
 
-from tests.browser import (browser, console_messages, page,  # noqa: F401 - pytest fixtures
-                           load_ui_workflow, pack_console_errors, queue_and_wait)
+from tests.browser import (  # noqa: F401 - pytest fixtures
+    browser,
+    console_messages,
+    load_ui_workflow,
+    pack_console_errors,
+    page,
+    queue_and_wait,
+)
 from tests.comfyui_server import CHECKPOINT_NAME
 from tests.test_comfyui_e2e import structured_image
 from tests.test_workflows import FOLDER, NEEDS_SD_CHECKPOINT, _write_example_video, api_workflow

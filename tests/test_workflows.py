@@ -15,8 +15,7 @@ from tests.comfyui_server import CHECKPOINT_NAME, comfyui_python
 from tests.test_comfyui_e2e import assert_succeeded, structured_image
 from tests.workflow_checks import workflow_problems
 from tools import comfy_client
-from tools.workflow_sources import (EXAMPLE_BACKGROUND, EXAMPLE_IMAGE, EXAMPLE_VIDEO,
-                                    WORKFLOWS)
+from tools.workflow_sources import EXAMPLE_BACKGROUND, EXAMPLE_IMAGE, EXAMPLE_VIDEO, WORKFLOWS
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "workflows"

@@ -119,7 +119,7 @@ def _checked(entry: dict) -> dict:
 def _open_websocket(server: str, client_id: str):
     """A websocket for progress events, or None without the websocket-client package."""
     try:
-        import websocket                                   # websocket-client, optional
+        import websocket  # websocket-client, optional
     except ImportError:
         return None
     url = server.replace("http", "ws", 1) + f"/ws?clientId={client_id}"

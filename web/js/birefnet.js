@@ -14,7 +14,9 @@ import { METRICS_WIDGET, showMetrics } from "./birefnet_metrics.js";
 import { PREVIEW_WIDGET, showPreview } from "./birefnet_preview.js";
 import { drawnWidget } from "./birefnet_widget.js";
 
-const PREVIEW_NODES = new Set(["BiRefNetSegment", "BiRefNetRefineEdges", "BiRefNetVideoMatte"]);
+const PREVIEW_NODES = new Set([
+	"BiRefNetSegment", "BiRefNetRefineEdges", "BiRefNetVideoMatte", "BiRefNetDetail",
+]);
 const LOADER = "BiRefNetLoader";
 const EVALUATE = "BiRefNetEvaluate";
 const STATUS_WIDGET = "birefnet_model_status";

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotAvailableError
+from ..errors import ModelNotAvailableError
 from .known_models import KNOWN_MODELS, KnownModel
 
 logger = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import InputError
-from .metrics_boundary import boundary_accuracy, boundary_iou_curve, human_correction_effort
-from .metrics_counts import PairCounts
-from .metrics_weighted_f import weighted_f_measure
+from ..errors import InputError
+from .boundary import boundary_accuracy, boundary_iou_curve, human_correction_effort
+from .counts import PairCounts
 from .task_pool import run_overlapped
+from .weighted_f import weighted_f_measure
 
 Array = np.ndarray
 

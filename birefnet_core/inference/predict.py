@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_RESOLUTION = (1024, 1024)
 

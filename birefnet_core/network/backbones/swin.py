@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from ..variants import SwinConfig
 
-
 _MASKED = -1.0e4
 
 

@@ -11,8 +11,18 @@ import math
 import numpy as np
 
 from .contours import Borders, polyline_vertex_counts, trace_borders
-from .morphology import (CROSS, dilate_packed, ellipse_spans, erode_packed, erode_square_packed,
-                         min_filter_square, pack_rows, read_bits, row_mask, unpack_rows)
+from .morphology import (
+    CROSS,
+    dilate_packed,
+    ellipse_spans,
+    erode_packed,
+    erode_square_packed,
+    min_filter_square,
+    pack_rows,
+    read_bits,
+    row_mask,
+    unpack_rows,
+)
 from .skeleton import skeletonize
 
 Array = np.ndarray

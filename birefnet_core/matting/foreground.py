@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .box_filter import box_sum_, window_counts
-from .errors import InputError
 
 __all__ = ["estimate_foreground", "check_image_alpha"]
 

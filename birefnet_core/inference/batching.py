@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from .errors import InputError
-from .inference import predict
+from ..errors import InputError
+from .predict import predict
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["box_sum", "box_mean", "window_counts"]
 

@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 # Bytes of sampled columns per block: small enough to stay in cache while they are weighted
 # and multiplied (measured on the CPU: 4 MB blocks ran 1.5x faster than 32 MB ones).
 _COLUMN_BYTES = 4 << 20

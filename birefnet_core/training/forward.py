@@ -19,12 +19,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import ASPPDeformable, BasicDecBlk
-from .decoder import Decoder, resize
-from .errors import InputError
-from .losses import (GRADIENT_WEIGHT, classification_loss, gradient_loss, pixel_loss,
-                     region_only_lambdas, task_lambdas)
-from .model import BiRefNet
+from ..errors import InputError
+from ..network.blocks import ASPPDeformable, BasicDecBlk
+from ..network.decoder import Decoder, resize
+from ..network.model import BiRefNet
+from .losses import (
+    GRADIENT_WEIGHT,
+    classification_loss,
+    gradient_loss,
+    pixel_loss,
+    region_only_lambdas,
+    task_lambdas,
+)
 
 ASPP_DROPOUT = 0.5       # the official ASPPDeformable ends with nn.Dropout(0.5)
 _LAPLACIAN_SIZE = 5      # the official gradient labels use a 5x5 Laplacian

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .decoder import PATCH_ORDERS
+from ..network.decoder import PATCH_ORDERS
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import CheckpointError
+from ..network.folding import fold_batchnorm
+from ..network.model import BiRefNet
 from .checkpoint import cast_floats, check_state_dict, read_checkpoint, remap_state_dict
-from .errors import CheckpointError
-from .fusion import fold_batchnorm
+from .detect import detect_variant
 from .known_models import IMAGENET_MEAN, IMAGENET_STD, choose_patch_order, find_known_model
-from .model import BiRefNet
-from .variants import detect_variant
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file as load_safetensors_file
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "params")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")

@@ -28,7 +28,7 @@ from collections import deque
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["TemporalStabilizer", "STABILIZE_METHODS"]
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
+from ..matting.refine import refine_mask
 from .batching import Progress, iter_predictions
-from .errors import InputError
-from .refine import refine_mask
 from .temporal import TemporalStabilizer
 
 __all__ = ["auto_batch_size", "matte_video", "stream_mattes"]

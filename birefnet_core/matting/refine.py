@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from ..errors import InputError
 from .foreground import check_image_alpha
 
 __all__ = ["refine_mask", "dilate_disk"]
@@ -88,7 +88,7 @@ def _guided(image: torch.Tensor, alpha: torch.Tensor, radius: int, eps: float) -
     radius = min(radius, min(alpha.shape[-2:]) - 1)
     if radius < 1:
         return alpha
-    from kornia.filters import guided_blur   # only edge refinement needs kornia
+    from kornia.filters import guided_blur  # only edge refinement needs kornia
     return guided_blur(image, alpha, 2 * radius + 1, eps)
 
 

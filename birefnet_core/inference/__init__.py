@@ -1,0 +1,13 @@
+"""Inference: images in, soft masks out.
+
+``predict`` (resize, normalise, one forward, resize back), ``batching`` (chunks with
+out-of-memory halving, streams), ``video`` (mattes of frame sequences) and ``temporal``
+(flicker suppression across frames). Builds on ``network`` and ``matting``.
+"""
+from .batching import is_out_of_memory, iter_predictions, predict_batched
+from .predict import predict, working_size
+from .temporal import STABILIZE_METHODS, TemporalStabilizer
+from .video import matte_video, stream_mattes
+
+__all__ = ["STABILIZE_METHODS", "TemporalStabilizer", "is_out_of_memory", "iter_predictions",
+           "matte_video", "predict", "predict_batched", "stream_mattes", "working_size"]

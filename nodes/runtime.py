@@ -1,0 +1,129 @@
+"""What the nodes share to run birefnet_core inside ComfyUI: ComfyUI's devices, progress bar
+and Cancel, birefnet_core's errors turned into messages naming the node, the checks made when a
+prompt is queued, and fitting a background to a frame. Tensor conversions at the node boundary
+are in ``tensors``; node files hold their node only.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..birefnet_core import BiRefNetError
+from ..birefnet_core.inference import is_out_of_memory, predict_batched
+from .tensors import NodeInputError, parse_color
+
+
+def interrupt_aware_progress(total: int):
+    """A progress callback: updates ComfyUI's bar and stops if the user pressed Cancel."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def report(done: int, _total: int) -> None:
+        bar.update_absolute(done, total)
+        mm.throw_exception_if_processing_interrupted()
+    return report
+
+
+def per_image(node: str, step: Callable[..., torch.Tensor], *batches: torch.Tensor) -> torch.Tensor:
+    """step(*images) for each image of equal-length (B, C, H, W) batches, on ComfyUI's torch
+    device, with progress and Cancel between images; the results, concatenated, on the
+    intermediate device. birefnet_core's errors come out as NodeInputError naming the node."""
+    total = batches[0].shape[0]
+    device, keep = mm.get_torch_device(), mm.intermediate_device()
+    report = interrupt_aware_progress(total)
+    mm.throw_exception_if_processing_interrupted()
+    results = []
+    for index in range(total):
+        try:
+            result = step(*(batch[index:index + 1].to(device) for batch in batches))
+        except BiRefNetError as error:
+            raise NodeInputError(f"{node}: {error}") from error
+        results.append(result.to(keep))
+        report(index + 1, total)
+    return torch.cat(results)
+
+
+def resolution_problem(resolution: int, node: str) -> str | None:
+    if resolution and (resolution < 0 or resolution % 32):
+        return (f"{node}: resolution {resolution} is not a multiple of 32; use "
+                f"{max(32, round(resolution / 32) * 32)} or 0 for the model's own")
+    return None
+
+
+def run_model(patcher, images: torch.Tensor, resolution: int, batch_size: int,
+              node: str) -> torch.Tensor:
+    """(B, 3, H, W) on any device -> masks (B, 1, H, W) on ComfyUI's intermediate device."""
+    problem = resolution_problem(resolution, node)
+    if problem:
+        raise NodeInputError(problem)
+    mm.load_models_gpu([patcher])
+    mm.throw_exception_if_processing_interrupted()
+    with model_errors(node, "image"):
+        return predict_batched(
+            patcher.model, images, resolution=resolution or None, batch_size=batch_size,
+            output_device=mm.intermediate_device(),
+            progress=interrupt_aware_progress(images.shape[0]))
+
+
+@contextmanager
+def model_errors(node: str, unit: str) -> Iterator[None]:
+    """birefnet_core's errors as NodeInputError naming the node; running out of memory even at
+    one ``unit`` per pass (predict halves its batches first) as an error saying what to change."""
+    try:
+        yield
+    except BiRefNetError as error:
+        raise NodeInputError(f"{node}: {error}") from error
+    except Exception as error:
+        if is_out_of_memory(error):
+            raise RuntimeError(f"{node}: out of memory even at one {unit} per pass; lower the "
+                               "resolution, choose dtype fp16/bf16 in the Loader, or free "
+                               "memory (Unload models)") from error
+        raise
+
+
+def settings_problem(resolution: int, background_color: str, node: str) -> str | bool:
+    """VALIDATE_INPUTS of the nodes that take a resolution and a colour: checked when the
+    prompt is queued, before any model is loaded. True, or what is wrong."""
+    problem = resolution_problem(resolution, node)
+    if problem:
+        return problem
+    try:
+        parse_color(background_color, node)
+    except NodeInputError as error:
+        return str(error)
+    return True
+
+
+def fit_background(background: torch.Tensor, height: int, width: int, fit: str) -> torch.Tensor:
+    """(B, 3, h, w) -> (B, 3, height, width).
+
+    cover: scale to cover, keeping the aspect ratio, and crop the middle; stretch: scale to the
+    size, ignoring the aspect ratio; center: no scaling, crop or pad around the middle. Padding
+    is NaN, for the caller to fill with its colour.
+    """
+    bg_h, bg_w = background.shape[-2:]
+    if fit == "stretch":
+        return _resize(background, height, width)
+    if fit == "cover":
+        scale = max(height / bg_h, width / bg_w)
+        scaled_h, scaled_w = max(height, round(bg_h * scale)), max(width, round(bg_w * scale))
+        background = _resize(background, scaled_h, scaled_w)
+        bg_h, bg_w = scaled_h, scaled_w
+    top, left = (bg_h - height) // 2, (bg_w - width) // 2
+    pad = (max(0, -left), max(0, width - bg_w + left), max(0, -top), max(0, height - bg_h + top))
+    background = F.pad(background, pad, value=float("nan"))          # NaN marks the padding
+    top, left = max(0, top), max(0, left)
+    return background[..., top:top + height, left:left + width]
+
+
+def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    shrinking = height < x.shape[-2] or width < x.shape[-1]
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=shrinking).clamp(0, 1)
