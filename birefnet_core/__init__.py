@@ -2,7 +2,8 @@
 Image Segmentation") in plain PyTorch. It loads every official checkpoint unchanged and never
 imports ComfyUI.
 
-Public API: load_model, predict, predict_batched, detect_variant, refine_mask,
+Public API: load_model, predict, predict_batched, refine_detail (masks at the image's own
+pixel scale), segment_region (the subject a guide mask points at), detect_variant, refine_mask,
 estimate_foreground, matte_video / stream_mattes, evaluate_pairs (the paper's metrics), and
 the commands ``python -m birefnet_core``, ``python -m birefnet_core.evaluate`` and
 ``python -m birefnet_core.finetune``.
@@ -18,7 +19,8 @@ Layout (imports flow down this list, never up):
     cli.py, evaluate.py, finetune.py   the commands
 """
 from .errors import BiRefNetError, CheckpointError, InputError, ModelNotAvailableError
-from .inference import matte_video, predict, predict_batched, stream_mattes
+from .inference import (matte_video, predict, predict_batched, refine_detail, segment_region,
+                        stream_mattes)
 from .matting import estimate_foreground, refine_mask
 from .metrics import evaluate_pairs
 from .network import VARIANTS, BiRefNet, BiRefNetVariant, get_variant
@@ -29,4 +31,5 @@ __all__ = [
     "KNOWN_MODELS", "KnownModel", "ModelInfo", "ModelNotAvailableError", "VARIANTS",
     "detect_variant", "estimate_foreground", "get_variant", "load_model", "predict",
     "evaluate_pairs", "matte_video", "predict_batched", "refine_mask", "stream_mattes",
+    "refine_detail", "segment_region",
 ]

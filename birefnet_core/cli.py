@@ -22,7 +22,9 @@ from PIL import Image
 
 from .data.images import collect_images, mask_image, read_image, save_outputs
 from .errors import BiRefNetError
+from .inference.detail import refine_detail
 from .inference.predict import predict
+from .inference.region import segment_region
 from .weights.hub import default_models_dir, resolve_checkpoint
 from .weights.loading import load_model
 
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: BiRefNet)")
     parser.add_argument("--resolution", type=parse_resolution, metavar="N|HxW",
                         help="working size, multiples of 32 (default: the model's own)")
+    parser.add_argument("--detail", action="store_true",
+                        help="refine the mask at the image's own pixel scale: the model runs "
+                             "again on tiles along the subject's edge (for large photos)")
+    parser.add_argument("--guide", metavar="MASK_PATH", type=Path,
+                        help="a mask image of the subject to cut out (white = subject, e.g. "
+                             "from SAM or a paint program), the size of every input image")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                         help="auto: cuda if available, else mps, else cpu")
     parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
@@ -94,12 +102,29 @@ def choose_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def compute_mask(model: torch.nn.Module, rgb: Image.Image,
-                 resolution: int | tuple[int, int] | None) -> Image.Image:
-    """The 8-bit mask of one RGB image, at the image's size."""
+                 resolution: int | tuple[int, int] | None, *, detail: bool = False,
+                 guide: torch.Tensor | None = None) -> Image.Image:
+    """The 8-bit mask of one RGB image, at the image's size; ``guide`` (1, 1, H, W) picks the
+    subject (segment_region), ``detail`` refines the edge with tiles (refine_detail)."""
     pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
     batch = pixels.permute(2, 0, 1).unsqueeze(0)
-    mask = predict(model, batch, resolution=resolution)[0, 0].float().cpu().numpy()
-    return mask_image(mask)
+    if guide is not None:
+        masks = segment_region(model, batch, guide, resolution=resolution)
+    else:
+        masks = predict(model, batch, resolution=resolution)
+    if detail:
+        masks = refine_detail(model, batch, masks, resolution=resolution)
+    return mask_image(masks[0, 0].float().cpu().numpy())
+
+
+def read_guide(path: Path) -> torch.Tensor:
+    """A guide mask file -> (1, 1, H, W) float in [0, 1] (its grey levels; white = subject)."""
+    try:
+        with Image.open(path) as picture:
+            grey = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the guide mask {path}: {exc}") from exc
+    return torch.from_numpy(grey)[None, None]
 
 
 
@@ -135,7 +160,8 @@ class Progress:
 
 
 def process_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path,
-                   resolution: int | tuple[int, int] | None) -> int:
+                   resolution: int | tuple[int, int] | None, *, detail: bool = False,
+                   guide: torch.Tensor | None = None) -> int:
     """Segment every image; report the ones that fail and return how many failed."""
     failures, stems_used = 0, set()
     progress = Progress(len(paths))
@@ -151,11 +177,14 @@ def process_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path,
                 progress.note(f"error: cannot read image {path}: {exc}")
                 failures += 1
             else:
-                mask = compute_mask(model, rgb, resolution)
                 try:
+                    mask = compute_mask(model, rgb, resolution, detail=detail, guide=guide)
                     save_outputs(rgb, mask, out_dir, path.stem)
                 except OSError as exc:
                     progress.note(f"error: cannot write the outputs of {path}: {exc}")
+                    failures += 1
+                except BiRefNetError as exc:           # e.g. a guide of another size
+                    progress.note(f"error: {path}: {exc}")
                     failures += 1
             progress.advance(path.name)
     finally:
@@ -163,11 +192,38 @@ def process_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path,
     return failures
 
 
+def _open_onnx(path: str, *, device: str, dtype: str, patch_order: str,
+               announce: bool) -> torch.nn.Module:
+    """An exported .onnx file run by onnxruntime (python -m birefnet_core.export made it)."""
+    from .export.runtime import CPU_ADVICE, load_onnx_model     # onnxruntime stays optional
+    if device == "mps":
+        raise UsageError("an .onnx file runs through onnxruntime on cpu or cuda; use --device "
+                         "auto, cpu or cuda (or the checkpoint itself on mps)")
+    network = load_onnx_model(path, device=device)
+    baked = {"dtype": network.export["dtype"], "patch_order": network.info.patch_order}
+    for option, asked in (("dtype", dtype), ("patch_order", patch_order)):
+        if asked != "auto" and asked != baked[option]:
+            raise UsageError(f"{path} was exported with {option.replace('_', ' ')} "
+                             f"{baked[option]}; --{option.replace('_', '-')} {asked} cannot "
+                             "change it: export the checkpoint again, or leave the option auto")
+    if announce:
+        providers = ", ".join(p.removesuffix("ExecutionProvider") for p in network.providers)
+        print(f"BiRefNet {network.info.variant} from {path} (ONNX, {baked['dtype']}) on "
+              f"onnxruntime [{providers}], patch order {baked['patch_order']}", file=sys.stderr)
+        if network.providers[0] == "CPUExecutionProvider":
+            print(f"note: {CPU_ADVICE}", file=sys.stderr)
+    return network
+
+
 def open_model(model: str, *, device: str = "auto", dtype: str = "auto",
                patch_order: str = "auto", models_dir: str | None = None,
                announce: bool = True) -> torch.nn.Module:
-    """The model a command was asked for: a known name (downloaded on first use) or a
-    checkpoint file, on the chosen device and dtype. Every command opens models through here."""
+    """The model a command was asked for: a known name (downloaded on first use), a
+    checkpoint file on the chosen device and dtype, or an exported .onnx file (run by
+    onnxruntime, same predict contract). Every command opens models through here."""
+    if str(model).lower().endswith(".onnx"):
+        return _open_onnx(model, device=device, dtype=dtype, patch_order=patch_order,
+                          announce=announce)
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(dtype, torch_device)
     checkpoint = resolve_checkpoint(model, models_dir)
@@ -197,9 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot create the output folder {out_dir}: {exc}", file=sys.stderr)
         return 2
     try:
+        guide = read_guide(args.guide) if args.guide is not None else None
         model = open_model(args.model, device=args.device, dtype=args.dtype,
                            patch_order=args.patch_order, models_dir=args.models_dir)
-        failures = process_images(model, paths, out_dir, args.resolution)
+        failures = process_images(model, paths, out_dir, args.resolution, detail=args.detail,
+                                  guide=guide)
     except (BiRefNetError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

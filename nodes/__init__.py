@@ -1,5 +1,6 @@
 """ComfyUI nodes of the pack (V1 node API: it works from the 2024 ComfyUI to today's)."""
 from .composite import BiRefNetComposite
+from .detail import BiRefNetDetail
 from .evaluate import BiRefNetEvaluate
 from .loader import BiRefNetLoader
 from .refine_edges import BiRefNetRefineEdges
@@ -12,6 +13,7 @@ NODE_CLASS_MAPPINGS = {
     "BiRefNetSegment": BiRefNetSegment,
     "BiRefNetComposite": BiRefNetComposite,
     "BiRefNetRefineEdges": BiRefNetRefineEdges,
+    "BiRefNetDetail": BiRefNetDetail,
     "BiRefNetVideoMatte": BiRefNetVideoMatte,
     "BiRefNetEvaluate": BiRefNetEvaluate,
 }
@@ -20,6 +22,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "BiRefNetSegment": "BiRefNet Segment",
     "BiRefNetComposite": "BiRefNet Composite",
     "BiRefNetRefineEdges": "BiRefNet Refine Edges",
+    "BiRefNetDetail": "BiRefNet Detail",
     "BiRefNetVideoMatte": "BiRefNet Video Matte",
     "BiRefNetEvaluate": "BiRefNet Evaluate",
 }

@@ -1,6 +1,7 @@
 """BiRefNetLoader: a checkpoint -> a model under ComfyUI's model management."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -13,7 +14,7 @@ import comfy.model_patcher
 
 from .. import birefnet_core
 from ..birefnet_core.weights.loading import resolve_dtype
-from .model_files import local_path, model_choices, resolve_model
+from .model_files import CoreFeed, core_feed, local_path, model_choices, resolve_model
 
 logger = logging.getLogger(__name__)
 NODE = "BiRefNetLoader"
@@ -70,8 +71,10 @@ class BiRefNetLoader:
                 "matting, portrait, RMBG-2.0), current for HR and dynamic. auto decides by file."}),
             "input_normalization": (["auto", "imagenet", "none"], {
                 "default": "auto", "tooltip": "How images are normalised before the network. "
-                "auto: none for files of ComfyUI's background_removal folder (they carry it in "
-                "their weights, as ComfyUI's own node feeds them), ImageNet for the rest."}),
+                "auto: files of ComfyUI's background_removal folder as ComfyUI's own Remove "
+                "Background node feeds them (mean/std/size of its birefnet.json: 0/1 in "
+                "0.21.0, ImageNet later; ImageNet where ComfyUI has no such node), ImageNet "
+                "for the rest."}),
         }}
 
     RETURN_TYPES = ("BIREFNET_MODEL", "STRING")
@@ -93,32 +96,41 @@ class BiRefNetLoader:
         resolved = resolve_model(model, NODE)
         load_device, offload_device = _devices(device)
         torch_dtype = _dtype(dtype, load_device)
-        order = "legacy" if (patch_order == "auto" and resolved.from_core_folder) else patch_order
+        # background_removal files: core's port runs the legacy patch order, at its JSON's size.
+        feed = core_feed() if resolved.from_core_folder else None
+        order = "legacy" if (patch_order == "auto" and feed is not None) else patch_order
         normalization = input_normalization
         if normalization == "auto":
-            normalization = "none" if resolved.from_core_folder else "imagenet"
+            normalization = "imagenet" if feed is None else "core"
         key = (resolved.path, _file_stamp(resolved.path), str(load_device), torch_dtype, order,
-               normalization)
+               normalization, feed)
         patcher = _LOADED.get(key)
         if patcher is None:
             patcher = self._load(resolved, load_device, offload_device, torch_dtype, order,
-                                 normalization)
+                                 normalization, feed)
             _LOADED[key] = patcher
-        return patcher, describe(patcher, normalization)
+        label = feed.describe() if normalization == "core" else normalization
+        return patcher, describe(patcher, label)
 
     @staticmethod
-    def _load(resolved, load_device, offload_device, dtype, order, normalization):
+    def _load(resolved, load_device, offload_device, dtype, order, normalization,
+              feed: CoreFeed | None):
         start = time.perf_counter()
         try:
-            network = birefnet_core.load_model(resolved.path, device=offload_device, dtype=dtype,
-                                               patch_order=order, normalization=normalization)
+            network = birefnet_core.load_model(
+                resolved.path, device=offload_device, dtype=dtype, patch_order=order,
+                normalization="imagenet" if normalization == "core" else normalization,
+                resolution=feed.size if feed is not None else None)
         except birefnet_core.BiRefNetError as error:
             raise RuntimeError(f"{NODE}: {error}") from error
+        if normalization == "core":
+            network.info = dataclasses.replace(network.info, mean=feed.mean, std=feed.std)
         patcher = comfy.model_patcher.ModelPatcher(network, load_device=load_device,
                                                    offload_device=offload_device)
         logger.info("BiRefNet: loaded %s (%s, patch order %s, normalisation %s, %s) in %.1f s",
                     os.path.basename(resolved.path), network.info.variant, network.patch_order,
-                    normalization, str(dtype).removeprefix("torch."), time.perf_counter() - start)
+                    feed.describe() if normalization == "core" else normalization,
+                    str(dtype).removeprefix("torch."), time.perf_counter() - start)
         return patcher
 
 

@@ -1,23 +1,34 @@
-"""Where BiRefNet files live inside ComfyUI.
+"""Where BiRefNet files live inside ComfyUI, and how ComfyUI's own node feeds its files.
 
 The pack's folder is ``models/birefnet`` plus whatever ``extra_model_paths.yaml`` adds under the
 name ``birefnet``. ComfyUI's own ``background_removal`` folder is listed too, so users of the
 core node need no copies; its files are offered as ``background_removal/<file>``.
+
+ComfyUI 0.21.0 (8 May 2026) added a Remove Background node for those files. It reads its
+preprocessing from ``comfy/background_removal/birefnet.json``: 0.21.0 ships mean 0 / std 1
+(un-normalised input, a bug), later core versions ImageNet mean/std. :func:`core_feed` reads
+that file from the running ComfyUI, so the pack follows whichever core version is installed.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass
 
 import folder_paths
 
 from ..birefnet_core.weights.hub import resolve_checkpoint
-from ..birefnet_core.weights.known_models import KNOWN_MODELS
+from ..birefnet_core.weights.known_models import IMAGENET_MEAN, IMAGENET_STD, KNOWN_MODELS
 from .tensors import NodeInputError
 
+logger = logging.getLogger(__name__)
 FOLDER = "birefnet"
 CORE_FOLDER = "background_removal"
 EXTENSIONS = {".safetensors", ".pth", ".pt", ".bin", ".ckpt"}
+CORE_CONFIG = ("background_removal", "birefnet.json")     # inside the imported comfy package
+# What core's BackgroundRemovalModel uses when birefnet.json lacks a key (0.21.0 and later).
+_CORE_DEFAULTS = {"image_mean": (0.0, 0.0, 0.0), "image_std": (1.0, 1.0, 1.0), "image_size": 1024}
 
 
 def ensure_model_folder() -> None:
@@ -61,8 +72,71 @@ def download_folder() -> str:
 @dataclass(frozen=True)
 class ResolvedModel:
     path: str
-    from_core_folder: bool      # made for ComfyUI's own node: fed un-normalised, legacy order
+    from_core_folder: bool      # a background_removal file: fed as ComfyUI's own node feeds it
     known_name: str | None
+
+
+@dataclass(frozen=True)
+class CoreFeed:
+    """How the running ComfyUI's Remove Background node prepares images for its files."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    size: int                   # square working resolution
+    source: str                 # birefnet.json's path, or "" where this ComfyUI has none
+
+    def describe(self) -> str:
+        if not self.source:
+            return "imagenet (this ComfyUI has no birefnet.json of its own)"
+        mean = ", ".join(f"{v:g}" for v in self.mean)
+        std = ", ".join(f"{v:g}" for v in self.std)
+        return f"mean ({mean}) std ({std}) from ComfyUI's birefnet.json, as core's node feeds it"
+
+
+def core_config_path() -> str | None:
+    """ComfyUI's own ``comfy/background_removal/birefnet.json``, found through the imported
+    ``comfy`` package (whatever tree the server runs from); None where it has none."""
+    import comfy
+
+    for folder in getattr(comfy, "__path__", []):
+        candidate = os.path.join(folder, *CORE_CONFIG)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _triple(config: dict, key: str, path: str) -> tuple[float, float, float]:
+    value = config.get(key, _CORE_DEFAULTS[key])
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise NodeInputError(f"BiRefNetLoader: {path}: {key} must be a list of 3 numbers, not "
+                             f"{value!r}; repair or reinstall ComfyUI, or choose "
+                             "input_normalization imagenet")
+    return tuple(float(v) for v in value)
+
+
+def core_feed() -> CoreFeed:
+    """Mean, std and size of the running ComfyUI's birefnet.json (its node's own defaults for
+    missing keys); ImageNet at 1024 where this ComfyUI has no such file."""
+    path = core_config_path()
+    if path is None:
+        return CoreFeed(IMAGENET_MEAN, IMAGENET_STD, 1024, "")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise NodeInputError(f"BiRefNetLoader: cannot read ComfyUI's {path} ({error}); repair "
+                             "or reinstall ComfyUI, or choose input_normalization imagenet") from None
+    if not isinstance(config, dict):
+        raise NodeInputError(f"BiRefNetLoader: {path} is not a JSON object; repair or reinstall "
+                             "ComfyUI, or choose input_normalization imagenet")
+    mean, std = _triple(config, "image_mean", path), _triple(config, "image_std", path)
+    size = config.get("image_size", _CORE_DEFAULTS["image_size"])
+    if min(std) <= 0 or not isinstance(size, int) or size <= 0 or size % 32:
+        raise NodeInputError(f"BiRefNetLoader: {path}: image_std must be positive and "
+                             f"image_size a positive multiple of 32 (got {std}, {size!r}); repair "
+                             "or reinstall ComfyUI, or choose input_normalization imagenet")
+    return CoreFeed(mean, std, size, path)
 
 
 def local_path(choice: str) -> ResolvedModel | None:

@@ -29,6 +29,32 @@ def interrupt_aware_progress(total: int):
     return report
 
 
+def progress_with_total():
+    """A progress callback for work whose total is known only once it has started (it comes
+    with every call, as refine_detail gives it): ComfyUI's bar, made on the first call, and
+    Cancel checked on every call."""
+    bar = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = comfy.utils.ProgressBar(max(1, total))
+        bar.update_absolute(done, max(1, total))
+        mm.throw_exception_if_processing_interrupted()
+    return report
+
+
+def loaded_model(patcher, resolution: int, node: str):
+    """The network of a BIREFNET_MODEL, on ComfyUI's device, once ``resolution`` is checked
+    (for nodes that call birefnet_core themselves; run them inside ``model_errors``)."""
+    problem = resolution_problem(resolution, node)
+    if problem:
+        raise NodeInputError(problem)
+    mm.load_models_gpu([patcher])
+    mm.throw_exception_if_processing_interrupted()
+    return patcher.model
+
+
 def per_image(node: str, step: Callable[..., torch.Tensor], *batches: torch.Tensor) -> torch.Tensor:
     """step(*images) for each image of equal-length (B, C, H, W) batches, on ComfyUI's torch
     device, with progress and Cancel between images; the results, concatenated, on the

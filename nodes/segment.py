@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from ..birefnet_core import estimate_foreground
+from ..birefnet_core import estimate_foreground, segment_region
 from .preview import with_preview
-from .runtime import per_image, run_model, settings_problem
-from .tensors import color_image, image_to_nchw, nchw_to_image, nchw_to_mask, parse_color
+from .runtime import (loaded_model, model_errors, per_image, progress_with_total, run_model,
+                      settings_problem)
+from .tensors import (broadcast_batches, check_same_size, color_image, image_to_nchw,
+                      mask_to_nchw, nchw_to_image, nchw_to_mask, parse_color)
 
 NODE = "BiRefNetSegment"
 
@@ -46,6 +48,11 @@ class BiRefNetSegment:
                 "tooltip": "Estimate the subject's own colours at soft edges (multilevel "
                            "foreground estimation), so the cutout and composite have no halo "
                            "of the old background. The mask itself is unchanged."}),
+            "guide": ("MASK", {
+                "tooltip": "Which subject to cut out: a rough mask of it (drawn in the mask "
+                           "editor, from a SAM or box selector). The model runs on the "
+                           "subject's box at its full resolution and the result stays near "
+                           "the guide."}),
         }}
 
     RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
@@ -67,14 +74,26 @@ class BiRefNetSegment:
         return with_preview(NODE, outputs, image, outputs[1])
 
     def segment(self, model, image, resolution, batch_size, threshold, invert, background_color,
-                refine_edges=False):
+                refine_edges=False, guide=None):
         color = parse_color(background_color, NODE)
         rgb = image_to_nchw(image, NODE)
-        masks = finish_masks(run_model(model, rgb, resolution, batch_size, NODE), threshold,
-                             invert)
+        masks = run_model(model, rgb, resolution, batch_size, NODE) if guide is None else \
+            guided_masks(model, rgb, guide, resolution)
+        masks = finish_masks(masks, threshold, invert)
         if refine_edges:
             rgb = per_image(NODE, estimate_foreground, rgb, masks)
         rgb = rgb.to(masks.device)
         cutout = torch.cat([rgb, masks], dim=1)
         composite = rgb * masks + color_image(color, rgb) * (1.0 - masks)
         return nchw_to_mask(masks), nchw_to_image(cutout), nchw_to_image(composite)
+
+
+def guided_masks(model, rgb: torch.Tensor, guide: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, 3, H, W) and a MASK guide -> masks of the guided subject (B, 1, H, W)."""
+    subject = mask_to_nchw(guide, NODE)
+    check_same_size(NODE, rgb, subject)
+    subject = broadcast_batches(NODE, image=rgb, guide=subject)["guide"]
+    network = loaded_model(model, resolution, NODE)
+    with model_errors(NODE, "image"):
+        return segment_region(network, rgb, subject, resolution=resolution or None,
+                              progress=progress_with_total())

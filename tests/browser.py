@@ -3,7 +3,10 @@
 The browser tests (tests/test_web.py, the workflow tests) import the fixtures ``browser``,
 ``console_messages`` and ``page`` from here, next to the session fixture ``comfyui`` of
 tests/conftest.py, and use the helpers: load_ui_workflow, queue_and_wait, pack_console_errors,
-screenshot. Works with the 2024 frontend and the current one (``$COMFYUI_DIR``).
+screenshot. Works with the 2024 frontend and the current one (``$COMFYUI_DIR``, and
+``$COMFYUI_FRONTEND_ROOT`` for a newer frontend package): in the current one in both renderers,
+the classic canvas and "Nodes 2.0" (fixture ``renderer``: on at page load, or switched on once
+the graph has run).
 
 The browser is Debian's package, never a downloaded build: tests/install_chromium.sh installs it.
 A missing browser fails the tests (never skips them).
@@ -18,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.comfyui_server import PACK_LINK_NAME
+from tests.comfyui_server import PACK_LINK_NAME, frontend_root
 
 CHROMIUM = os.environ.get("BIREFNET_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,6 +31,12 @@ APP_TIMEOUT_MS = 60_000
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 EXTENSION_NAME = "birefnet.kit"       # web/js/birefnet.js registers this
 MIN_FREE_BYTES = 256 * 2**20           # Chromium dies (SIGILL) when it cannot write its files
+NODES2_SETTING = "Comfy.VueNodes.Enabled"
+# The renderers a page can use: the classic canvas; Nodes 2.0 from page load; Nodes 2.0 switched
+# on later (the test switches with switch_nodes2 once there is something to show).
+RENDERERS = ("classic", "nodes2", "nodes2_switched")
+NO_NODES2 = ("Nodes 2.0 is a renderer of the current frontend only: set COMFYUI_FRONTEND_ROOT to "
+             "the static folder of comfyui-frontend-package (see ../shared/comfyui/README.md)")
 INSTALL_HINT = ("Chromium is missing at {path}: install Debian's package with "
                 "`apt-get install -y chromium` (tests/install_chromium.sh does it as root)")
 
@@ -121,6 +130,12 @@ def open_comfyui(context, base_url: str, messages: list[dict]):
         """(name) => window.app && window.app.graph && window.app.canvas && window.LiteGraph
                      && (window.app.extensions || []).some((e) => e.name === name)""",
         arg=EXTENSION_NAME, timeout=APP_TIMEOUT_MS)
+    # The current frontend then restores or loads a workflow through its workflow store; a
+    # graph built before that ends would be replaced.
+    page.wait_for_function(
+        """() => { const store = window.app.extensionManager?.workflow;
+                   return !store || (!!store.activeWorkflow && !store.isBusy); }""",
+        timeout=APP_TIMEOUT_MS)
     close_dialogs(page)
     return page
 
@@ -138,6 +153,33 @@ def skip_first_run_dialogs(comfyui) -> None:
     """Tell the current frontend that this (fresh) user has seen its tutorial, so that no
     template browser opens over the canvas. The 2024 server just stores the setting."""
     comfyui.request("POST", "/settings/Comfy.TutorialCompleted", True)
+
+
+def set_nodes2(comfyui, on: bool) -> None:
+    """Store the Nodes 2.0 setting on the server (read by the next page opened). The 2024
+    server just stores it."""
+    comfyui.request("POST", f"/settings/{NODES2_SETTING}", on)
+
+
+def nodes2_shown(page) -> bool:
+    """Whether the page draws its nodes as DOM (Nodes 2.0)."""
+    return page.evaluate("() => !!document.querySelector('.lg-node[data-node-id]')")
+
+
+def switch_nodes2(page, on: bool) -> None:
+    """Turn Nodes 2.0 on or off in the open page, as the settings dialog does, and wait until
+    the nodes are (or are no longer) DOM."""
+    page.evaluate("async ([id, on]) => { await window.app.extensionManager.setting.set(id, on); }",
+                  [NODES2_SETTING, on])
+    page.wait_for_function(
+        "(on) => !!document.querySelector('.lg-node[data-node-id]') === on", arg=on,
+        timeout=10_000)
+    page.wait_for_timeout(300)                         # let the moved elements lay out
+
+
+def current_frontend() -> bool:
+    """Whether the suite runs the newer frontend package (COMFYUI_FRONTEND_ROOT)."""
+    return frontend_root() is not None
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -171,13 +213,40 @@ def console_messages() -> list[dict]:
 
 @pytest.fixture
 def page(browser, comfyui, console_messages):
-    """A fresh ComfyUI page (the app, graph and pack extension loaded)."""
+    """A fresh ComfyUI page (the app, graph and pack extension loaded), classic canvas."""
     skip_first_run_dialogs(comfyui)
+    set_nodes2(comfyui, False)
     opened = open_comfyui(browser, comfyui.base_url, console_messages)
     try:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture(params=RENDERERS)
+def renderer(request) -> str:
+    """Which renderer the ``rendered_page`` uses; Nodes 2.0 only with the current frontend."""
+    if request.param != "classic" and not current_frontend():
+        pytest.skip(NO_NODES2)
+    return request.param
+
+
+@pytest.fixture
+def rendered_page(browser, comfyui, console_messages, renderer):
+    """A fresh ComfyUI page in the renderer of ``renderer`` (for "nodes2_switched" the page
+    opens classic: the test calls switch_nodes2)."""
+    skip_first_run_dialogs(comfyui)
+    set_nodes2(comfyui, renderer == "nodes2")
+    opened = open_comfyui(browser, comfyui.base_url, console_messages)
+    try:
+        if renderer != "classic":
+            shown = opened.evaluate("(id) => window.app.extensionManager.setting.get(id)",
+                                    NODES2_SETTING)
+            assert shown == (renderer == "nodes2"), f"{NODES2_SETTING} is {shown}"
+        yield opened
+    finally:
+        opened.close()
+        set_nodes2(comfyui, False)
 
 
 # -- helpers ----------------------------------------------------------------------------------

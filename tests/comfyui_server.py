@@ -72,6 +72,17 @@ def comfyui_python() -> str:
     return os.environ.get("COMFYUI_PYTHON") or sys.executable
 
 
+def frontend_root() -> str | None:
+    """``$COMFYUI_FRONTEND_ROOT``: the static folder of a comfyui-frontend-package to serve
+    instead of the server's own frontend (a current ComfyUI only: --front-end-root)."""
+    return os.environ.get("COMFYUI_FRONTEND_ROOT") or None
+
+
+def frontend_args() -> list[str]:
+    root = frontend_root()
+    return ["--front-end-root", root] if root else []
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -112,11 +123,12 @@ class ComfyUIServer:
     """One ComfyUI process and a small HTTP client for it."""
 
     def __init__(self, comfy_dir: Path, log_path: Path, env: dict[str, str] | None = None,
-                 python: str | None = None):
+                 python: str | None = None, args: list[str] | None = None):
         self.comfy_dir = Path(comfy_dir)
         self.log_path = Path(log_path)
         self.env = {**os.environ, **(env or {})}
         self.python = python or comfyui_python()
+        self.args = list(args or [])             # extra main.py flags, e.g. --fp32-text-enc
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -132,7 +144,7 @@ class ComfyUIServer:
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Start main.py (the Popen PID is the server's own: no shell) and wait until ready."""
         command = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1",
-                   "--port", str(self.port)]
+                   "--port", str(self.port), *frontend_args(), *self.args]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, cwd=self.comfy_dir, env=self.env,
                                             stdin=subprocess.DEVNULL, stdout=log,
@@ -296,6 +308,23 @@ def write_checkpoints(folder: Path) -> Path:
     data = good.read_bytes()
     (folder / CORRUPT_NAME).write_bytes(data[:len(data) // 2])
     return good
+
+
+def write_full_checkpoint(path: Path, backbone: str = "swin_v1_l") -> Path:
+    """A synthetic checkpoint as the released files hold it, integer buffers included: ComfyUI's
+    own background-removal loader recognises a file by its Swin relative-position index and
+    takes that buffer from the file, so it must be the real one (from a built network)."""
+    import safetensors.torch
+
+    from birefnet_core import BiRefNet, get_variant
+    from tests.synthetic import synthetic_state_dict
+
+    buffers = {k: v for k, v in BiRefNet(get_variant(backbone), "legacy").state_dict().items()
+               if not v.is_floating_point()}
+    state = {k: v.contiguous() for k, v in synthetic_state_dict(backbone, buffers).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(state, str(path))
+    return path
 
 
 def launch(workdir: Path) -> ComfyUIServer:

@@ -81,6 +81,8 @@ def test_masks_and_cutouts(checkpoint: Path, images: dict[str, Path], tmp_path: 
         assert (mask.mode, mask.size) == ("L", size)
         assert (cutout.mode, cutout.size) == ("RGBA", size)
         mask_values = np.asarray(mask).astype(np.float64)
+        # the PNG holds the mask in 8 bits: under one level from the float mask however it is
+        # quantised; float32 differences between batch sizes are ~1e-5 levels
         assert np.abs(mask_values - expected_mask(model, path)).max() <= 1.0, path.name
         cutout_values = np.asarray(cutout)
         assert np.array_equal(cutout_values[..., 3], np.asarray(mask))

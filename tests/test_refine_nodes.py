@@ -57,6 +57,7 @@ def test_none_keeps_image_colours_and_options_match_the_core():
     options = dict(guided_radius=3, guided_eps=1e-2, grow=-1, feather=1.5, band=4)
     refined, foreground, _ = _refine(image, mask, **options)
     expected = core.refine_mask(image.permute(0, 3, 1, 2), mask[:, None], **options)[:, 0]
+    # the same float32 refine_mask, in NHWC instead of NCHW: a few ulps of values <= 1
     assert torch.allclose(refined, expected, atol=1e-6)
     assert torch.equal(foreground, image)
 
@@ -118,8 +119,11 @@ def test_segment_refine_edges_changes_edge_colours_not_the_mask(model_dirs):  # 
     assert soft.any()
     assert (cutout[..., :3][soft] - image[soft]).abs().max() > 1e-3
     expected = core.estimate_foreground(image.permute(0, 3, 1, 2), mask[:, None])
+    # the same float32 solve on the same masks (per chunk vs whole batch); its iterations may
+    # carry a reordered sum's rounding along, a few dozen ulps of colours <= 1 at most
     assert torch.allclose(cutout[..., :3], expected.permute(0, 2, 3, 1), atol=1e-5)
     green = torch.tensor([0.0, 1.0, 0.0])
     m = mask[..., None]
+    # compositing in float32, values in [0, 1]: operation order or FMA may move a few ulps (1e-7)
     assert torch.allclose(composite, cutout[..., :3] * m + green * (1 - m), atol=1e-6)
     assert nodes.BiRefNetSegment.INPUT_TYPES()["optional"]["refine_edges"][1]["default"] is False

@@ -10,7 +10,7 @@ import birefnet_core
 from bench.video_clips import edge_lag, make_clip, simulated_masks, static_flicker
 from birefnet_core.errors import InputError
 from birefnet_core.inference.temporal import STABILIZE_METHODS, TemporalStabilizer
-from tests.synthetic import synthetic_float_weights
+from tests.synthetic import SAME_MASK, synthetic_float_weights
 from tests.test_batching import _RunsOutAboveTwo
 
 
@@ -40,7 +40,8 @@ def test_stabilize_off_is_exactly_the_per_frame_result(model, batch_size):
     assert torch.equal(birefnet_core.matte_video(model, frames, batch_size=batch_size), expected)
     from_generator = birefnet_core.matte_video(model, (f for f in frames), batch_size=batch_size)
     assert torch.equal(from_generator, expected)
-    assert torch.allclose(expected, birefnet_core.predict(model, frames), atol=1e-5)
+    # chunks vs one batch: float32 reordering only (tests/synthetic.py, SAME_MASK)
+    assert torch.allclose(expected, birefnet_core.predict(model, frames), atol=SAME_MASK)
 
 
 @pytest.mark.parametrize("method", STABILIZE_METHODS)
@@ -102,7 +103,7 @@ def test_out_of_memory_halves_the_pass(model):
     wrapped = _RunsOutAboveTwo(model)
     masks = birefnet_core.matte_video(wrapped, iter(frames), batch_size=8)
     assert wrapped.sizes[:3] == [5, 4, 2] and max(wrapped.sizes[3:]) <= 2
-    assert torch.allclose(masks, birefnet_core.predict(model, frames), atol=1e-5)
+    assert torch.allclose(masks, birefnet_core.predict(model, frames), atol=SAME_MASK)
 
 
 def test_refine_applies_refine_mask_to_each_stabilised_mask(model):
@@ -110,6 +111,7 @@ def test_refine_applies_refine_mask_to_each_stabilised_mask(model):
     options = dict(guided_radius=2, guided_eps=1e-2, feather=1.0)
     plain = birefnet_core.matte_video(model, frames)
     refined = birefnet_core.matte_video(model, frames, refine=options)
+    # the same float32 refine_mask on the same masks: a few ulps of values <= 1 at most
     assert torch.allclose(refined, birefnet_core.refine_mask(frames, plain, **options), atol=1e-6)
     assert (refined - plain).abs().max() > 1e-3
 

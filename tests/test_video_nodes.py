@@ -41,6 +41,7 @@ def test_outputs_and_stabilize_off_equals_segment(model):
     assert cutout.shape == (5, 36, 44, 4) and torch.equal(cutout[..., 3], masks)
     green = torch.tensor([0.0, 1.0, 0.0])
     expected = frames * masks[..., None] + green * (1 - masks[..., None])
+    # compositing in float32, values in [0, 1]: operation order or FMA may move a few ulps (1e-7)
     assert torch.allclose(composite, expected, atol=1e-6)
     for out in (masks, cutout, composite):
         assert out.dtype == torch.float32 and out.device == mm.intermediate_device()
@@ -54,6 +55,8 @@ def test_stabilize_and_refine_match_the_core(model):
     nchw = frames.permute(0, 3, 1, 2)
     expected = core.matte_video(model.model, nchw, batch_size=3, stabilize=0.7, method="ema",
                                 resolution=64)
+    # same batches, same float32 code: a few ulps; the foreground solve's iterations may carry
+    # a reordered sum's rounding along, a few dozen ulps of colours <= 1 at most
     assert torch.allclose(masks, expected[:, 0], atol=1e-6)
     colours = core.estimate_foreground(nchw, expected)
     assert torch.allclose(foreground, colours.permute(0, 2, 3, 1), atol=1e-5)
@@ -66,6 +69,7 @@ def test_backgrounds_one_or_one_per_frame(model):
     fitted = torch.nn.functional.interpolate(single.permute(0, 3, 1, 2), size=(36, 44),
                                              mode="bilinear", antialias=True)
     expected = frames * masks[..., None] + fitted.permute(0, 2, 3, 1) * (1 - masks[..., None])
+    # the background's antialiased resize may sum its taps in another order: ~10 ulps of 1
     assert torch.allclose(composite, expected, atol=1e-5)
     per_frame = torch.rand(3, 36, 44, 3)
     _, _, _, composite = _matte(model, frames, background=per_frame)
@@ -110,4 +114,5 @@ def test_run_adds_a_preview_and_leaves_the_outputs_alone(model):
             assert after.mode == "RGBA" and after.size == (44, 36)
             alpha = torch.from_numpy(np.asarray(after)[..., 3].astype(np.float32))
         expected = returned["result"][0][entry["index"]] * 255
+        # the PNG stores round(255 * alpha): half a level, plus float32 slack
         assert (alpha - expected).abs().max() <= 0.51

@@ -1,29 +1,41 @@
 """The pack's frontend extension (web/js) in headless Chromium against a real ComfyUI server.
 
 Runs with the 2024 frontend (the default ComfyUI of tests/comfyui_server.py) and with the
-current one (COMFYUI_DIR / COMFYUI_PYTHON). The browser harness is tests/browser.py.
+current one (COMFYUI_DIR / COMFYUI_PYTHON, COMFYUI_FRONTEND_ROOT): the preview, the Loader's
+status and (tests/test_web_workflows.py) the Evaluate table are DOM widgets, checked in the
+classic canvas and, with the current frontend, in Nodes 2.0 on from page load and switched on
+later (fixture ``renderer``). The checks read the page: where the elements are, that nothing
+covers them, and their pixels. The browser harness is tests/browser.py.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from tests.browser import (  # noqa: F401 - pytest fixtures
     browser,
     console_messages,
     load_ui_workflow,
+    nodes2_shown,
     open_comfyui,
     pack_console_errors,
     page,
     queue_and_wait,
+    rendered_page,
+    renderer,
     screenshot,
     skip_first_run_dialogs,
+    switch_nodes2,
 )
 from tests.comfyui_server import CHECKPOINT_NAME, PACK_LINK_NAME
 from tests.test_comfyui_e2e import structured_image
+from tests.web_views import (
+    PREVIEW_STATE,
+    STATUS_VIEW,
+    as_clip,
+    assert_preview_shows,
+    pixels,
+)
 
 SCRIPT = f"/extensions/{PACK_LINK_NAME}/js/birefnet.js"
 
@@ -68,44 +80,16 @@ BUILD_GRAPH = """
 }
 """
 
-PREVIEW_STATE = """
-(id) => {
-  const node = window.app.graph.getNodeById(id);
-  const state = node.birefnetPreview;
-  if (!state) return null;
-  return {
-    split: state.split, current: state.current, frameLabel: state.frameLabel,
-    entries: state.entries.map((e) => ({
-      index: e.index, count: e.count, failed: e.failed,
-      before: e.ready.before && e.before.naturalWidth,
-      after: e.ready.after && e.after.naturalWidth })),
-    urls: state.entries.map((e) => [e.before.src, e.after.src]),
-    imageRect: state.imageRect, prevRect: state.prevRect, nextRect: state.nextRect,
-    widgets: node.widgets.map((w) => w.name), size: [node.size[0], node.size[1]],
-  };
-}
-"""
-
 # A node's widgets_values in the saved workflow, and the values of the node's own widgets.
 SAVED_VALUES = """
 (id) => {
   const node = window.app.graph.getNodeById(id);
-  const saved = window.app.graph.serialize().nodes.find((n) => n.id === node.id);
+  const saved = window.app.graph.serialize().nodes.find((n) => String(n.id) === String(node.id));
   const own = node.widgets.filter((w) => !w.name.startsWith('birefnet_'));
   return { values: saved.widgets_values, expected: own.map((w) => w.value) };
 }
 """
 
-# Node-local (body) coordinates -> page coordinates.
-TO_SCREEN = """
-([id, x, y]) => {
-  const app = window.app;
-  const node = app.graph.getNodeById(id);
-  const [cx, cy] = app.canvas.ds.convertOffsetToCanvas([node.pos[0] + x, node.pos[1] + y]);
-  const box = app.canvas.canvas.getBoundingClientRect();
-  return [box.left + cx, box.top + cy];
-}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +97,20 @@ def input_image(comfyui) -> str:
     return comfyui.put_input_image("web_preview.png", structured_image(96, 64, seed=3))
 
 
-def build(page, image: str, node_type: str, repeat: int = 1) -> dict:
-    return page.evaluate(BUILD_GRAPH, [image, CHECKPOINT_NAME, node_type, repeat])
+# A batch_size per renderer: the server caches a node whose inputs did not change, and a cached
+# node sends no preview again.
+BATCH = {"classic": 4, "nodes2": 5, "nodes2_switched": 6}
+
+
+def build(page, image: str, node_type: str, repeat: int = 1, batch_size: int | None = None
+          ) -> dict:
+    ids = page.evaluate(BUILD_GRAPH, [image, CHECKPOINT_NAME, node_type, repeat])
+    if batch_size is not None:
+        page.evaluate("""([id, size]) => { window.app.graph.getNodeById(id).widgets
+                           .find((w) => w.name === 'batch_size').value = size; }""",
+                      [ids["node"], batch_size])
+    page.wait_for_timeout(100)
+    return ids
 
 
 def redraw(page) -> None:
@@ -122,8 +118,8 @@ def redraw(page) -> None:
     page.wait_for_timeout(50)
 
 
-def wait_preview(page, node_id: int, timeout_ms: int = 30_000) -> dict:
-    """The node's preview state once every image of it has loaded."""
+def wait_preview(page, node_id, timeout_ms: int = 30_000) -> dict:
+    """The node's preview state once every image of it has loaded and it is laid out."""
     page.wait_for_function(
         """(id) => {
           const state = window.app.graph.getNodeById(id).birefnetPreview;
@@ -131,44 +127,24 @@ def wait_preview(page, node_id: int, timeout_ms: int = 30_000) -> dict:
                  state.entries.every((e) => e.ready.before && e.ready.after);
         }""", arg=node_id, timeout=timeout_ms)
     redraw(page)
+    page.wait_for_timeout(200)
     return page.evaluate(PREVIEW_STATE, node_id)
 
 
-def to_screen(page, node_id: int, x: float, y: float) -> tuple[float, float]:
-    return tuple(page.evaluate(TO_SCREEN, [node_id, x, y]))
+def show_in(page, renderer: str) -> None:
+    """For "nodes2_switched": turn Nodes 2.0 on now; check the page shows the renderer."""
+    if renderer == "nodes2_switched":
+        switch_nodes2(page, True)
+    assert nodes2_shown(page) == (renderer != "classic"), renderer
 
 
-def screen_rect(page, node_id: int, rect: dict) -> dict:
-    left, top = to_screen(page, node_id, rect["x"], rect["y"])
-    right, bottom = to_screen(page, node_id, rect["x"] + rect["w"], rect["y"] + rect["h"])
-    return {"x": left, "y": top, "width": right - left, "height": bottom - top}
-
-
-def pixels(page, clip: dict) -> np.ndarray:
-    png = page.screenshot(clip=clip)
-    with Image.open(io.BytesIO(png)) as image:
-        return np.asarray(image.convert("RGB")).astype(np.float64)
-
-
-def fetch_image(comfyui, url: str, mode: str) -> Image.Image:
-    path = url[url.index("/view"):]
-    with Image.open(io.BytesIO(comfyui.get_bytes(path))) as image:
-        return image.convert(mode)
-
-
-def expected_preview(comfyui, before_url: str, after_url: str, width: int, height: int,
-                     split: float) -> np.ndarray:
-    """What the preview should show at width x height: the source left of the split, the RGBA
-    cutout over an 8 px checkerboard (#c4c4c4 / #f2f2f2) right of it."""
-    size = (width, height)
-    before = np.asarray(fetch_image(comfyui, before_url, "RGB").resize(size, Image.BILINEAR))
-    after = np.asarray(fetch_image(comfyui, after_url, "RGBA").resize(size, Image.BILINEAR))
-    y, x = np.mgrid[0:height, 0:width]
-    checker = np.where(((x // 8 + y // 8) % 2 == 0)[..., None], 0xC4, 0xF2).astype(np.float64)
-    alpha = after[..., 3:].astype(np.float64) / 255
-    cutout = after[..., :3] * alpha + checker * (1 - alpha)
-    left = (x < split * width)[..., None]
-    return np.where(left, before.astype(np.float64), cutout)
+def drag_split(page, box: dict, start: float, end: float) -> None:
+    y = box["y"] + box["h"] / 2
+    page.mouse.move(box["x"] + start * box["w"], y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + end * box["w"], y, steps=6)
+    page.mouse.up()
+    page.wait_for_timeout(100)
 
 
 def assert_no_pack_errors(messages: list[dict]) -> None:
@@ -187,9 +163,10 @@ def test_extension_is_listed_and_loads(comfyui, page, console_messages):
     assert_no_pack_errors(console_messages)
 
 
-def test_segment_preview_split_and_screenshot(comfyui, page, console_messages, input_image,
-                                              tmp_path):
-    ids = build(page, input_image, "BiRefNetSegment")
+def test_segment_preview_split_and_screenshot(comfyui, rendered_page, renderer, console_messages,
+                                              input_image, tmp_path):
+    page = rendered_page
+    ids = build(page, input_image, "BiRefNetSegment", batch_size=BATCH[renderer])
     node = ids["node"]
     redraw(page)                      # a node with no preview yet draws as before
     assert page.evaluate(PREVIEW_STATE, node) is None
@@ -199,51 +176,44 @@ def test_segment_preview_split_and_screenshot(comfyui, page, console_messages, i
         "background_color", "refine_edges"}, "the extension must not change the prompt"
 
     queue_and_wait(page, timeout=120)
+    wait_preview(page, node)
+    show_in(page, renderer)
     state = wait_preview(page, node)
     assert state["entries"] == [{"index": 0, "count": 1, "failed": False,
                                  "before": 96, "after": 96}]
-    before_url, after_url = state["urls"][0]
     assert "birefnet_preview" in state["widgets"]
-    rect = state["imageRect"]
-    assert rect["w"] > 150 and abs(rect["h"] / rect["w"] - 64 / 96) < 0.02, rect
-    assert state["size"][1] >= rect["y"] + rect["h"], "the node must be tall enough"
+    assert state["inNode"] == (renderer != "classic")
+    box = state["picture"]
+    assert box["w"] > 150 and abs(box["h"] / box["w"] - 64 / 96) < 0.02, box
     assert state["split"] == pytest.approx(0.5)
+    assert_preview_shows(comfyui, page, state)
 
-    # Drag the split handle to a quarter of the width with the mouse.
-    start = to_screen(page, node, rect["x"] + 0.5 * rect["w"], rect["y"] + rect["h"] / 2)
-    end = to_screen(page, node, rect["x"] + 0.25 * rect["w"], rect["y"] + rect["h"] / 2)
-    page.mouse.move(*start)
-    page.mouse.down()
-    page.mouse.move(*end, steps=6)
-    page.mouse.up()
-    redraw(page)
+    # Drag the split handle to a quarter of the width with the mouse: the picture follows.
+    before_drag = pixels(page, as_clip(box))
+    drag_split(page, box, 0.5, 0.25)
     moved = page.evaluate(PREVIEW_STATE, node)
     assert moved["split"] == pytest.approx(0.25, abs=0.03), moved["split"]
-    assert not page.evaluate(f"() => window.app.graph.getNodeById({node}).birefnetPreview.dragging")
-    node_pos = page.evaluate(f"() => Array.from(window.app.graph.getNodeById({node}).pos)")
-    assert node_pos == [380, 40], "dragging the split must not move the node"
+    assert not page.evaluate(f"() => window.app.graph.getNodeById({node!r}).birefnetPreview"
+                             ".dragging")
+    assert moved["pos"] == state["pos"], "dragging the split must not move the node"
+    assert_preview_shows(comfyui, page, moved)
+    after_drag = pixels(page, as_clip(moved["picture"]))
+    band = slice(int(0.3 * after_drag.shape[1]), int(0.45 * after_drag.shape[1]))
+    assert np.abs(after_drag[:, band] - before_drag[:, band]).mean() > 5, \
+        "the picture did not change between the old and the new split"
 
     saved = page.evaluate(SAVED_VALUES, node)
     assert saved["values"] == saved["expected"], "the preview must stay out of the workflow"
-
-    shot = screenshot(page, tmp_path / "segment_preview.png")
-    assert shot.stat().st_size > 0
-    area = pixels(page, screen_rect(page, node, moved["imageRect"]))
-    assert area.std() > 10 and len(np.unique(area.reshape(-1, 3), axis=0)) > 50, \
-        "the preview area is blank"
-    # Left of the split the source, right of it the cutout over the checkerboard.
-    expected = expected_preview(comfyui, before_url, after_url, area.shape[1], area.shape[0],
-                                moved["split"])
-    split_x = int(round(moved["split"] * area.shape[1]))
-    keep = np.ones(area.shape[1], bool)
-    keep[max(0, split_x - 8): split_x + 8] = False        # the split line and its handle
-    error = np.abs(area - expected)[:, keep]
-    assert np.median(error) < 6 and np.percentile(error, 95) < 25, \
-        (np.median(error), np.percentile(error, 95))
+    assert screenshot(page, tmp_path / f"segment_preview_{renderer}.png").stat().st_size > 0
+    if renderer == "nodes2_switched":           # and back to the canvas
+        switch_nodes2(page, False)
+        back = wait_preview(page, node)
+        assert not back["inNode"]
+        assert_preview_shows(comfyui, page, back)
     assert_no_pack_errors(console_messages)
 
 
-def test_refine_edges_preview(page, console_messages, input_image):
+def test_refine_edges_preview(comfyui, page, console_messages, input_image):
     ids = build(page, input_image, "BiRefNetSegment")
     refine = page.evaluate("""([loadId, segmentId, saveId]) => {
       const graph = window.app.graph;
@@ -264,44 +234,64 @@ def test_refine_edges_preview(page, console_messages, input_image):
         state = wait_preview(page, node)
         assert [(e["index"], e["count"], e["before"], e["after"]) for e in state["entries"]] == \
             [(0, 1, 96, 96)]
-        assert state["frameLabel"] is None and state["prevRect"] is None
+        assert state["frameLabel"] is None and state["label"] == ""
+        assert state["prev"] is None and state["next"] is None, "no arrows for one frame"
+        assert_preview_shows(comfyui, page, state)
     assert_no_pack_errors(console_messages)
 
 
-def test_loader_shows_on_disk_or_download(page, console_messages, input_image, tmp_path):
+def pick_model(page, loader, name: str) -> None:
+    """Choose name in the Loader's model combo with the mouse, in either renderer."""
+    if nodes2_shown(page):
+        page.locator(f'[data-node-id="{loader}"] [data-widget-name="model"] '
+                     'button[role="combobox"]').click()
+        page.get_by_role("option", name=name, exact=True).click()
+        return
+    widget = page.evaluate("""(id) => {
+      const node = window.app.graph.getNodeById(id);
+      const widget = node.widgets.find((w) => w.name === 'model');
+      const [x, y] = window.app.canvas.ds.convertOffsetToCanvas(
+          [node.pos[0] + node.size[0] / 2, node.pos[1] + (widget.last_y ?? widget.y) + 10]);
+      const box = window.app.canvas.canvas.getBoundingClientRect();
+      return [box.left + x, box.top + y];
+    }""", loader)
+    page.mouse.click(*widget)
+    page.locator(".litecontextmenu .litemenu-entry", has_text=name).first.click()
+
+
+def test_loader_shows_on_disk_or_download(rendered_page, renderer, console_messages, input_image,
+                                          tmp_path):
+    page = rendered_page
     ids = build(page, input_image, "BiRefNetSegment")
     loader = ids["loader"]
-    status = """(id) => { const s = window.app.graph.getNodeById(id).birefnetModelStatus;
-                          return s && { name: s.name, state: s.state, label: s.label,
-                                        detail: s.detail }; }"""
-    redraw(page)                      # the status follows the combo's value when drawn
-    page.wait_for_function(f"() => ({status})({loader})?.state === 'on disk'", timeout=10_000)
-    on_disk = page.evaluate(status, loader)
+    show_in(page, renderer)
+    view = f"() => ({STATUS_VIEW})({loader!r})"
+    page.wait_for_function(f"() => ({view})()?.shownState === 'on disk'", timeout=10_000)
+    on_disk = page.evaluate(view)
     assert on_disk["name"] == CHECKPOINT_NAME and on_disk["label"] == "on disk"
-    assert on_disk["detail"].endswith(CHECKPOINT_NAME)
+    # The route names files relative to the model folders, never by server path.
+    assert on_disk["detail"] == f"birefnet/{CHECKPOINT_NAME}", on_disk
+    assert on_disk["text"].split("\n") == ["on disk", f"birefnet/{CHECKPOINT_NAME}"]
+    assert on_disk["dot"] == "rgb(76, 175, 80)" and on_disk["onTop"], on_disk
+    assert on_disk["inNode"] == (renderer != "classic")
 
     # Refreshing the node definitions asks the server again.
     with page.expect_request(lambda request: "/birefnet/models" in request.url, timeout=10_000):
         page.evaluate("async () => { await window.app.refreshComboInNodes(); }")
 
-    # Pick another model in the combo's menu, with the mouse.
-    widget = page.evaluate("""(id) => {
-      const node = window.app.graph.getNodeById(id);
-      const widget = node.widgets.find((w) => w.name === 'model');
-      return { y: widget.last_y ?? widget.y, width: node.size[0] };
-    }""", loader)
-    page.mouse.click(*to_screen(page, loader, widget["width"] / 2,
-                                widget["y"] + 10))
-    page.locator(".litecontextmenu .litemenu-entry", has_text="BiRefNet_HR").first.click()
-    page.wait_for_function(f"() => ({status})({loader})?.state === 'download'", timeout=10_000)
-    download = page.evaluate(status, loader)
-    assert download["name"] == "BiRefNet_HR"
-    assert "download" in download["label"]
+    pick_model(page, loader, "BiRefNet_HR")
+    page.wait_for_function(f"() => ({view})()?.shownState === 'download'", timeout=10_000)
+    download = page.evaluate(view)
+    assert download["name"] == "BiRefNet_HR" and "download" in download["label"]
     assert "ZhengPeng7/BiRefNet_HR" in download["detail"] and " to " in download["detail"]
-    redraw(page)
-    screenshot(page, tmp_path / "loader_download.png")
+    lines = download["text"].split("\n")
+    assert lines[0].startswith("download on first run") and lines[1].startswith("from "), lines
+    assert lines[2].startswith("to ") and download["dot"] == "rgb(255, 179, 0)", download
+    assert download["onTop"] and download["box"]["h"] >= 3 * 15, download
+    screenshot(page, tmp_path / f"loader_download_{renderer}.png")
     prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     assert "birefnet_model_status" not in prompt[str(loader)]["inputs"]
+    assert prompt[str(loader)]["inputs"]["model"] == "BiRefNet_HR"
     assert_no_pack_errors(console_messages)
 
 
@@ -348,36 +338,40 @@ def test_loader_without_the_route_fails_quietly(browser, comfyui, input_image):
     assert any(m["type"] == "warning" and "BiRefNet" in m["text"] for m in messages), messages
 
 
-def test_video_matte_frame_stepping(page, console_messages, input_image, tmp_path):
-    ids = build(page, input_image, "BiRefNetVideoMatte", repeat=3)
+def test_video_matte_frame_stepping(comfyui, rendered_page, renderer, console_messages,
+                                    input_image, tmp_path):
+    page = rendered_page
+    ids = build(page, input_image, "BiRefNetVideoMatte", repeat=3, batch_size=BATCH[renderer])
     node = ids["node"]
     queue_and_wait(page, timeout=120)
+    wait_preview(page, node)
+    show_in(page, renderer)
     state = wait_preview(page, node)
     entries = state["entries"]
     indices = [e["index"] for e in entries]
     assert len(entries) >= 2 and {e["count"] for e in entries} == {3}
     assert indices[0] == 0 and indices == sorted(set(indices)), indices
     assert state["current"] == 0 and state["frameLabel"] == "frame 1 of 3"
-    prev_rect, next_rect = state["prevRect"], state["nextRect"]
-    assert prev_rect and next_rect
+    assert state["label"] == "frame 1 of 3"
+    assert state["prev"] and state["next"], "a batch has frame arrows"
+    header = pixels(page, as_clip(state["header"]))
+    assert header.std() > 10, "the frame arrows and label are not drawn"
 
-    def click(rect: dict) -> dict:
-        page.mouse.click(*to_screen(page, node, rect["x"] + rect["w"] / 2,
-                                    rect["y"] + rect["h"] / 2))
-        redraw(page)
+    def click(which: str) -> dict:
+        box = page.evaluate(PREVIEW_STATE, node)[which]
+        page.mouse.click(box["x"] + box["w"] / 2, box["y"] + box["h"] / 2)
+        page.wait_for_timeout(100)
         return page.evaluate(PREVIEW_STATE, node)
 
     for step in range(1, len(entries) + 1):        # forward through the frames and round
-        shown = click(next_rect)
+        shown = click("next")
         current = step % len(entries)
         assert shown["current"] == current
-        assert shown["frameLabel"] == f"frame {indices[current] + 1} of 3"
-    assert click(prev_rect)["current"] == len(entries) - 1
-    assert click(next_rect)["current"] == 0
-
-    header = {"x": prev_rect["x"], "y": prev_rect["y"], "h": prev_rect["h"],
-              "w": next_rect["x"] + next_rect["w"] - prev_rect["x"]}
-    assert pixels(page, screen_rect(page, node, header)).std() > 10, \
-        "the frame arrows and label are not drawn"
-    screenshot(page, tmp_path / "video_matte_preview.png")
+        assert shown["label"] == shown["frameLabel"] == f"frame {indices[current] + 1} of 3"
+        assert shown["pos"] == state["pos"], "the arrows must not move the node"
+    assert click("prev")["current"] == len(entries) - 1
+    shown = click("next")
+    assert shown["current"] == 0
+    assert_preview_shows(comfyui, page, shown)
+    screenshot(page, tmp_path / f"video_matte_preview_{renderer}.png")
     assert_no_pack_errors(console_messages)

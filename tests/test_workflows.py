@@ -13,9 +13,10 @@ from PIL import Image
 
 from tests.comfyui_server import CHECKPOINT_NAME, comfyui_python
 from tests.test_comfyui_e2e import assert_succeeded, structured_image
-from tests.workflow_checks import workflow_problems
+from tests.workflow_checks import masked_example, workflow_problems
 from tools import comfy_client
-from tools.workflow_sources import EXAMPLE_BACKGROUND, EXAMPLE_IMAGE, EXAMPLE_VIDEO, WORKFLOWS
+from tools.workflow_sources import (EXAMPLE_BACKGROUND, EXAMPLE_IMAGE, EXAMPLE_MASKED,
+                                    EXAMPLE_VIDEO, WORKFLOWS)
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "workflows"
@@ -34,7 +35,7 @@ def for_synthetic_model(workflow: dict, resolution: int = 64) -> dict:
         if node["class_type"] == "BiRefNetLoader":
             node["inputs"].update(model=CHECKPOINT_NAME, device="cpu", dtype="fp32",
                                   patch_order="current")
-        if node["class_type"] in ("BiRefNetSegment", "BiRefNetVideoMatte"):
+        if node["class_type"] in ("BiRefNetSegment", "BiRefNetVideoMatte", "BiRefNetDetail"):
             node["inputs"]["resolution"] = resolution
     return job
 
@@ -77,6 +78,7 @@ def test_validation_catches_mistakes(comfyui):
 def _put_examples(comfyui) -> None:
     comfyui.put_input_image(EXAMPLE_IMAGE, structured_image(seed=11))
     comfyui.put_input_image(EXAMPLE_BACKGROUND, structured_image(width=90, height=60, seed=12))
+    comfyui.put_input_image(EXAMPLE_MASKED, masked_example(structured_image(seed=11)))
 
 
 @pytest.mark.parametrize("name", [n for n in WORKFLOWS

@@ -69,3 +69,15 @@ def _value_problems(where: str, value, spec: list) -> list[str]:
     if kind == "STRING" and not isinstance(value, str):
         return [f"{where}: {value!r} is not text"]
     return []
+
+
+def masked_example(image):
+    """What ComfyUI's mask editor saves after the user painted the middle of ``image``: an RGBA
+    copy whose alpha is 0 where painted (LoadImage's MASK output is 1 there)."""
+    from PIL import Image
+    masked = image.convert("RGBA")
+    alpha = Image.new("L", masked.size, 255)
+    alpha.paste(0, (masked.width // 4, masked.height // 4,
+                    3 * masked.width // 4, 3 * masked.height // 4))
+    masked.putalpha(alpha)
+    return masked

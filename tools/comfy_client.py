@@ -1,22 +1,32 @@
-"""Run an API-format workflow on a ComfyUI server for one image or a folder of images, and
-download what it saved. Standard library only; uses the ``websocket-client`` package for
-progress if it is installed, else polls /history.
+"""Run an API-format workflow on one or several ComfyUI servers for one image or a folder of
+images, and download what it saved. Standard library only; uses the ``websocket-client``
+package for progress if it is installed, else polls /history.
 
     python tools/comfy_client.py --workflow workflows/05_headless_folder.api.json \\
-        --images photos/ --out cutouts/ [--server http://127.0.0.1:8188] \\
-        [--set 2.model=BiRefNet_lite] [--node 1]
+        --images photos/ --out cutouts/ [--server http://127.0.0.1:8188 ...] \\
+        [--in-flight 2] [--set 2.model=BiRefNet_lite] [--node 1]
 
 Each image is uploaded (POST /upload/image), put into the workflow's LoadImage node (the one
 titled "Photo", else the first LoadImage, or --node), queued (POST /prompt), waited for, and
-every image the workflow saved is written to --out as <image stem>__<saved name>.
+every image the workflow saved is written to --out as <image stem>__<saved name> (all of an
+image's files are downloaded first, then each is written under a temporary name and renamed).
+--server may be given several times: the images are spread over the servers, each keeping at
+most --in-flight prompts queued; an image whose server stops answering (refused, reset, or no
+reply within --request-timeout, or no result within --timeout) is sent to another server, and
+that server gets no more work. The run ends with every image done or reported failed.
 Exit status: 0 if every image succeeded, 1 if one failed (the others still run), 2 for bad
-arguments or an unreachable server.
+arguments or when no server can be reached.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import http.client
 import json
+import os
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -31,20 +41,34 @@ class WorkflowFailed(RuntimeError):
     """The server refused the workflow or it failed while running; the message says why."""
 
 
+class ServerGone(RuntimeError):
+    """The server did not answer (refused, reset, timed out): the image goes to another one."""
+
+
+# What a server that stopped or hangs raises (an HTTPError is an answer, so it is not here).
+_NO_ANSWER = (ConnectionError, TimeoutError, http.client.HTTPException)
+
+
 class ComfyClient:
-    def __init__(self, server: str, timeout: float = 600.0) -> None:
+    def __init__(self, server: str, timeout: float = 600.0, request_timeout: float = 60.0) -> None:
         self.server = server.rstrip("/")
         self.timeout = timeout
+        self.request_timeout = request_timeout
         self.client_id = uuid.uuid4().hex
 
     # ------------------------------------------------------------------------------ HTTP
     def _open(self, path: str, data: bytes | None = None, headers: dict | None = None):
         request = urllib.request.Request(self.server + path, data=data, headers=headers or {})
-        return urllib.request.urlopen(request, timeout=60)
+        try:
+            return urllib.request.urlopen(request, timeout=self.request_timeout)
+        except urllib.error.HTTPError:
+            raise
+        except (urllib.error.URLError, *_NO_ANSWER) as error:
+            raise ServerGone(f"{self.server} does not answer: {error}") from None
 
     def get_json(self, path: str):
         with self._open(path) as reply:
-            return json.loads(reply.read())
+            return json.loads(_read(reply, self.server))
 
     def upload_image(self, path: Path) -> str:
         """Upload into the server's input folder; the name it was stored under."""
@@ -57,14 +81,14 @@ class ComfyClient:
             path.read_bytes(), f"\r\n--{boundary}--\r\n".encode()])
         with self._open("/upload/image", body,
                         {"Content-Type": f"multipart/form-data; boundary={boundary}"}) as reply:
-            answer = json.loads(reply.read())
+            answer = json.loads(_read(reply, self.server))
         return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
 
     def queue(self, workflow: dict) -> str:
         data = json.dumps({"prompt": workflow, "client_id": self.client_id}).encode()
         try:
             with self._open("/prompt", data, {"Content-Type": "application/json"}) as reply:
-                return json.loads(reply.read())["prompt_id"]
+                return json.loads(_read(reply, self.server))["prompt_id"]
         except urllib.error.HTTPError as error:
             raise WorkflowFailed(_rejection_text(error.read())) from None
 
@@ -81,14 +105,22 @@ class ComfyClient:
         finally:
             if socket is not None:
                 socket.close()
-        raise WorkflowFailed(f"no result after {self.timeout:.0f} s")
+        raise ServerGone(f"{self.server} gave no result after {self.timeout:.0f} s")
 
     def download(self, item: dict) -> bytes:
         query = urllib.parse.urlencode({"filename": item["filename"],
                                         "subfolder": item.get("subfolder", ""),
                                         "type": item.get("type", "output")})
         with self._open(f"/view?{query}") as reply:
-            return reply.read()
+            return _read(reply, self.server)
+
+
+def _read(reply, server: str) -> bytes:
+    """The body of a reply; a connection that breaks while it is read is ServerGone."""
+    try:
+        return reply.read()
+    except _NO_ANSWER as error:
+        raise ServerGone(f"{server} stopped answering: {error}") from None
 
 
 def _rejection_text(raw: bytes) -> str:
@@ -174,19 +206,116 @@ def apply_overrides(workflow: dict, overrides: list[str]) -> None:
 
 
 def run_one(client: ComfyClient, workflow: dict, node_id: str, image: Path, out: Path) -> list[Path]:
-    """Upload, queue, wait, download; the files written."""
+    """Upload, queue, wait, download; the files written (all of them, or none)."""
     job = json.loads(json.dumps(workflow))
     job[node_id]["inputs"]["image"] = client.upload_image(image)
     entry = client.wait(client.queue(job))
-    written = []
+    files = {}
     for node_output in entry.get("outputs", {}).values():
         for item in node_output.get("images", []):
-            if item.get("type", "output") != "output":
-                continue
-            path = out / f"{image.stem}__{Path(item['filename']).name}"
-            path.write_bytes(client.download(item))
-            written.append(path)
-    return written
+            if item.get("type", "output") == "output":
+                files[out / f"{image.stem}__{Path(item['filename']).name}"] = client.download(item)
+    for path, data in files.items():
+        _write_atomically(path, data)
+    return list(files)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class Dispatcher:
+    """Spreads images over servers, ``in_flight`` worker threads per server (so at most that
+    many prompts queued on each). An image whose server stops answering goes back to the
+    queue for a server that has not tried it; that server takes no more images. An image no
+    live server is left to try is reported failed."""
+
+    def __init__(self, clients: list[ComfyClient], images: list[Path], run) -> None:
+        self.clients, self.run = clients, run
+        self.pending = collections.deque(images)
+        self.tried: dict[Path, set[str]] = {image: set() for image in images}
+        self.down: set[str] = set()
+        self.active = 0
+        self.done: dict[Path, tuple[str, list[Path]]] = {}
+        self.failed: dict[Path, str] = {}
+        self.last_error: dict[Path, str] = {}
+        self.lock = threading.Condition()
+
+    def start(self, in_flight: int) -> None:
+        workers = [threading.Thread(target=self._work, args=(client,), daemon=True)
+                   for client in self.clients if client.server not in self.down
+                   for _ in range(in_flight)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        with self.lock:
+            self._fail_stranded()
+
+    def _fail_stranded(self) -> None:
+        """Fail the queued images that no live server is left to try."""
+        alive = {client.server for client in self.clients} - self.down
+        for image in [image for image in self.pending if not alive - self.tried[image]]:
+            self.pending.remove(image)
+            self.failed[image] = self.last_error.get(image, "no server left to run it")
+            _say(f"{image.name}: FAILED\n{self.failed[image]}", error=True)
+
+    def _take(self, client: ComfyClient) -> Path | None:
+        with self.lock:
+            while True:
+                self._fail_stranded()
+                if client.server in self.down:
+                    return None
+                for image in self.pending:
+                    if client.server not in self.tried[image]:
+                        self.pending.remove(image)
+                        self.tried[image].add(client.server)
+                        self.active += 1
+                        return image
+                if not self.pending and not self.active:
+                    return None
+                self.lock.wait(0.5)
+
+    def _work(self, client: ComfyClient) -> None:
+        while (image := self._take(client)) is not None:
+            try:
+                written = self.run(client, image)
+            except ServerGone as error:
+                with self.lock:
+                    if client.server not in self.down:
+                        self.down.add(client.server)
+                        _say(f"{client.server} stopped answering ({error}); it gets no more "
+                             "images", error=True)
+                    self.last_error[image] = str(error)
+                    self.pending.appendleft(image)
+                    _say(f"{image.name}: re-sent (its server {client.server} stopped answering)")
+            except (WorkflowFailed, OSError) as error:
+                with self.lock:
+                    self.failed[image] = str(error)
+                    _say(f"{image.name}: FAILED\n{error}", error=True)
+            else:
+                with self.lock:
+                    self.done[image] = (client.server, written)
+                    _say(f"{image.name}: {len(written)} file(s) from {client.server}")
+            finally:
+                with self.lock:
+                    self.active -= 1
+                    self.lock.notify_all()
+
+
+_PRINT_LOCK = threading.Lock()
+
+
+def _say(text: str, error: bool = False) -> None:
+    with _PRINT_LOCK:
+        print(text, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def _images(args) -> list[Path]:
@@ -209,11 +338,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", action="append", help="an input image (repeatable)")
     parser.add_argument("--images", help="a folder of input images")
     parser.add_argument("--out", type=Path, required=True, help="folder for the saved images")
-    parser.add_argument("--server", default="http://127.0.0.1:8188")
+    parser.add_argument("--server", action="append", metavar="URL",
+                        help="a ComfyUI server (repeatable; default http://127.0.0.1:8188)")
+    parser.add_argument("--in-flight", type=int, default=2, metavar="N",
+                        help="prompts each server has queued at most (default 2)")
     parser.add_argument("--node", help="id of the LoadImage node to feed")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per image")
+    parser.add_argument("--request-timeout", type=float, default=60.0,
+                        help="seconds a server may take to answer one request")
     args = parser.parse_args(argv)
+    if args.in_flight < 1:
+        raise SystemExit("--in-flight must be at least 1")
     try:
         workflow = json.loads(args.workflow.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -223,21 +359,26 @@ def main(argv: list[str] | None = None) -> int:
                          "(or export with 'Save (API Format)')")
     apply_overrides(workflow, args.set)
     node_id, images = image_node(workflow, args.node), _images(args)
-    client = ComfyClient(args.server, args.timeout)
-    try:
-        client.get_json("/system_stats")
-    except (urllib.error.URLError, OSError) as error:
-        raise SystemExit(f"cannot reach ComfyUI at {args.server}: {error}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for image in images:
+    servers = list(dict.fromkeys(args.server or ["http://127.0.0.1:8188"]))
+    clients = [ComfyClient(url, args.timeout, args.request_timeout) for url in servers]
+    dispatcher = Dispatcher(clients, images,
+                            lambda client, image: run_one(client, workflow, node_id, image, args.out))
+    for client in clients:
         try:
-            written = run_one(client, workflow, node_id, image, args.out)
-            print(f"{image.name}: {len(written)} file(s) -> {args.out}")
-        except WorkflowFailed as error:
-            failures += 1
-            print(f"{image.name}: FAILED\n{error}", file=sys.stderr)
-    return 1 if failures else 0
+            client.get_json("/system_stats")
+        except (ServerGone, urllib.error.URLError, OSError) as error:
+            dispatcher.down.add(client.server)
+            print(f"cannot reach ComfyUI at {client.server}: {error}", file=sys.stderr)
+    if len(dispatcher.down) == len(clients):
+        print("no ComfyUI server can be reached", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    dispatcher.start(args.in_flight)
+    if len(clients) > 1:
+        print(f"{len(dispatcher.done)} of {len(images)} images done on "
+              f"{len(clients) - len(dispatcher.down)} of {len(clients)} servers; "
+              f"{len(dispatcher.failed)} failed")
+    return 1 if dispatcher.failed else 0
 
 
 if __name__ == "__main__":

@@ -4,12 +4,23 @@ each API workflow is loaded with ``app.loadApiJson`` (which creates and arranges
 serialised with ``app.graph.serialize()`` and photographed with the view fitted to the graph.
 
 Used by tools/build_workflows.py --ui; the server must have the pack and every node the
-workflows use (a current ComfyUI for the video nodes).
+workflows use (a current ComfyUI for the video nodes). The example photo (assets/example.jpg)
+and a plain background are uploaded to the server first, so the loaders show them; a video
+for LoadVideo must already be in the server's input folder. The current frontend's menus and
+notices are hidden (focus mode) for the picture.
 """
 from __future__ import annotations
 
+import io
 import json
+import urllib.request
+import uuid
 from pathlib import Path
+
+from tools.workflow_sources import EXAMPLE_BACKGROUND, EXAMPLE_IMAGE
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_PHOTO = ROOT / "assets" / "example.jpg"
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -18,12 +29,33 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 SCALE = 0.8                  # above the zoom at which the frontend stops drawing text
 THUMB_WIDTH = 1600
 
-# Load, then lay out by depth (a column per longest distance from a source node).
-_LOAD = """async (api) => {
+# Room (canvas units) kept free in nodes that show a picture once an image is picked or the
+# graph has run, so that they grow into it and not over the node below: the frontends give an
+# image preview at least 220 px under the widgets; the pack's before/after preview is at most
+# 22 + 384 + 20 px (web/js/birefnet_preview.js: header, picture, margins).
+MEDIA_ROOM = 240
+PREVIEW_ROOM = 426
+MEDIA_NODES = ["LoadImage", "SaveImage", "PreviewImage", "LoadVideo", "SaveVideo"]
+PREVIEW_NODES = ["BiRefNetSegment", "BiRefNetRefineEdges", "BiRefNetVideoMatte", "BiRefNetDetail"]
+
+# Load, make room for the pictures nodes will show, then lay out by depth (a column per longest
+# distance from a source node).
+_LOAD = """async ([api, rooms]) => {
     const settings = app.extensionManager && app.extensionManager.setting;
-    for (const id of ["Comfy.Minimap.Visible", "Comfy.Graph.CanvasMenu"]) {
+    for (const id of ["Comfy.Minimap.Visible", "Comfy.Graph.CanvasMenu", "Comfy.Graph.CanvasInfo",
+                      "Comfy.VueNodes.Enabled"]) {
         try { if (settings) await settings.set(id, false); } catch (error) { /* older frontend */ }
     }
+    const commands = app.extensionManager && app.extensionManager.command;
+    try {
+        if (commands && !document.body.dataset.birefnetFocus) {
+            await commands.execute("Workspace.ToggleFocusMode");   // no menus over the canvas
+            document.body.dataset.birefnetFocus = "1";
+        }
+    } catch (error) { /* older frontend */ }
+    const hide = document.createElement("style");
+    hide.textContent = ".p-toast { display: none !important; }";       // notices
+    document.head.append(hide);
     app.graph.clear();
     await app.loadApiJson(api, "workflow");
     // Reload what it built: loadApiJson renumbers nodes after creating them, and an image
@@ -31,6 +63,12 @@ _LOAD = """async (api) => {
     await app.loadGraphData(app.graph.serialize());
     await new Promise((done) => setTimeout(done, 1500));     // image previews resize nodes
     const nodes = app.graph._nodes, depth = new Map();
+    for (const node of nodes) {
+        const room = rooms[node.type];
+        if (!room) continue;
+        const needed = node.computeSize()[1] + room;
+        if (node.size[1] < needed) node.setSize([node.size[0], needed]);
+    }
     const depthOf = (node) => {
         if (depth.has(node.id)) return depth.get(node.id);
         depth.set(node.id, 0);
@@ -72,10 +110,11 @@ def write_ui_files(server: str, folder: Path, names: list[str]) -> list[Path]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 900})
+        upload_examples(server)
         for name in names:
             _open_fresh(page, server)                  # no previews left from the last one
             api = json.loads((folder / f"{name}.api.json").read_text(encoding="utf-8"))
-            loaded = page.evaluate(_LOAD, api)
+            loaded = page.evaluate(_LOAD, [api, rooms()])
             page.set_viewport_size({"width": max(1000, int(loaded["width"] * SCALE) + 40),
                                     "height": max(600, int(loaded["height"] * SCALE) + 40)})
             page.wait_for_timeout(800)
@@ -93,6 +132,39 @@ def write_ui_files(server: str, folder: Path, names: list[str]) -> list[Path]:
     return written
 
 
+def upload_examples(server: str) -> None:
+    """The example photo and a background as the example input names (POST /upload/image)."""
+    from PIL import Image
+    with Image.open(EXAMPLE_PHOTO) as photo:
+        _upload(server, EXAMPLE_IMAGE, photo.convert("RGB"))
+    ramp = Image.linear_gradient("L").resize((640, 480))     # 0 at the top, 255 at the bottom
+    sky = [ramp.point(lambda v, top=top, bottom=bottom: top + (bottom - top) * v // 255)
+           for top, bottom in ((90, 175), (140, 204), (200, 150))]
+    _upload(server, EXAMPLE_BACKGROUND, Image.merge("RGB", sky))
+
+
+def _upload(server: str, name: str, image) -> None:
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + \
+        data.getvalue() + (f"\r\n--{boundary}\r\nContent-Disposition: form-data; "
+                           f"name=\"overwrite\"\r\n\r\ntrue\r\n--{boundary}--\r\n").encode()
+    request = urllib.request.Request(
+        f"{server}/upload/image", data=body, method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback, no proxy
+    with opener.open(request, timeout=30) as reply:
+        reply.read()
+
+
+def rooms() -> dict[str, int]:
+    """Node type -> room to keep for the picture it shows."""
+    return {**{kind: MEDIA_ROOM for kind in MEDIA_NODES},
+            **{kind: PREVIEW_ROOM for kind in PREVIEW_NODES}}
+
+
 def _shrink(path: Path, width: int) -> None:
     from PIL import Image
     with Image.open(path) as image:
@@ -106,6 +178,10 @@ def _open_fresh(page, server: str) -> None:
     page.set_viewport_size({"width": 1600, "height": 900})
     page.goto(server)
     page.wait_for_function("() => window.app && window.app.graph && window.app.canvas",
+                           timeout=60_000)
+    # The current frontend restores or loads a workflow after that; wait until it has.
+    page.wait_for_function("""() => { const store = window.app.extensionManager?.workflow;
+                                      return !store || (!!store.activeWorkflow && !store.isBusy); }""",
                            timeout=60_000)
     page.wait_for_timeout(2000)                        # let the frontend finish its start-up
     page.keyboard.press("Escape")                      # the first-run template dialog

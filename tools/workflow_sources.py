@@ -11,6 +11,7 @@ from __future__ import annotations
 EXAMPLE_IMAGE = "birefnet_example.png"
 EXAMPLE_BACKGROUND = "birefnet_background.png"
 EXAMPLE_VIDEO = "birefnet_example.mp4"
+EXAMPLE_MASKED = "birefnet_example_masked.png"    # RGBA: the subject painted in the mask editor
 SD_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 MODEL = "BiRefNet"
 
@@ -143,10 +144,50 @@ def headless_folder() -> dict:
     }
 
 
+def _detail(model: list, image: list, **options) -> dict:
+    inputs = dict(model=model, image=image, scale=1.0, band=0, overlap=0.25, max_tiles=128,
+                  batch_size=4, resolution=0)
+    inputs.update(options)
+    return _node("BiRefNetDetail", "BiRefNet Detail", **inputs)
+
+
+def large_photo_detail() -> dict:
+    """6. A large photo (4K-8K) to a transparent PNG with hair-level edges: the coarse mask
+    from Segment, then Detail runs the model again on tiles along the edge at the photo's own
+    pixel scale, then Refine Edges decontaminates the colours."""
+    return {
+        "1": _node("LoadImage", "Large photo", image=EXAMPLE_IMAGE),
+        "2": _loader(),
+        "3": _segment(["2", 0], ["1", 0]),
+        "4": _detail(["2", 0], ["1", 0], mask=["3", 0]),
+        "5": _refine(["1", 0], ["4", 0]),
+        "6": _save(["5", 2], "birefnet/detail_cutout", "Save transparent PNG"),
+        "7": _node("MaskToImage", "Mask as image", mask=["4", 0]),
+        "8": _save(["7", 0], "birefnet/detail_mask", "Save mask"),
+    }
+
+
+def guided_subject() -> dict:
+    """7. One subject of several: paint over it in the mask editor (right-click the photo,
+    Open in MaskEditor); the painted mask is Segment's guide, so BiRefNet cuts out that
+    subject at its full working resolution and nothing else."""
+    return {
+        "1": _node("LoadImage", "Photo (paint the subject)", image=EXAMPLE_MASKED),
+        "2": _loader(),
+        "3": _segment(["2", 0], ["1", 0], guide=["1", 1]),
+        "4": _refine(["1", 0], ["3", 0]),
+        "5": _save(["4", 2], "birefnet/guided_cutout", "Save transparent PNG"),
+        "6": _node("MaskToImage", "Mask as image", mask=["4", 0]),
+        "7": _save(["6", 0], "birefnet/guided_mask", "Save mask"),
+    }
+
+
 WORKFLOWS = {
     "01_transparent_png": transparent_png,
     "02_sd_compositing": sd_compositing,
     "03_background_replacement": background_replacement,
     "04_video_matting": video_matting,
     "05_headless_folder": headless_folder,
+    "06_large_photo_detail": large_photo_detail,
+    "07_guided_subject": guided_subject,
 }

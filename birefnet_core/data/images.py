@@ -3,7 +3,7 @@ writing a mask and its cut-out under the names every command of the package uses
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -91,15 +91,15 @@ def output_paths(out_dir: Path, stem: str) -> tuple[Path, Path]:
 
 def save_png_atomically(image: Image.Image, path: Path) -> None:
     """Write a PNG under a temporary name in the same folder, then rename it into place: a
-    reader (or a run that is killed midway) never sees a half-written file."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.part",
-                                         dir=path.parent)
+    reader (or a run that is killed midway) never sees a half-written file. The file gets the
+    permissions any new file gets (the user's umask)."""
+    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.png.part")
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with open(temporary, "xb") as stream:
             image.save(stream, format="PNG")
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

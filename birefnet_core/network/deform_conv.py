@@ -7,6 +7,11 @@ runs in float32, bfloat16 and float16 on any device and needs no compiled extens
 Layout: the input is read channels-last; the samples of all taps for a block of output pixels
 form one matrix that a single matrix product turns into outputs (im2col with bilinear
 sampling). Memory stays at one block's columns (a few MB), whatever the image size.
+
+While a graph is being exported (``torch.export``, ONNX) the blocks, whose count depends on the
+image size, would be unrolled at one size; the export path instead samples each kernel row
+with one ``grid_sample`` (standard ONNX GridSample: bilinear, zeros outside) and contracts it
+with a 1x1 convolution, so the graph holds only standard operators and any size.
 """
 from __future__ import annotations
 
@@ -22,9 +27,9 @@ _COLUMN_BYTES = 4 << 20
 _PLAN_SAMPLES = 1 << 20          # sampling points whose corners are planned in one go
 
 
-def _sampling_grid(offset: torch.Tensor, kernel_h: int, kernel_w: int, stride: int,
+def _tap_positions(offset: torch.Tensor, kernel_h: int, kernel_w: int, stride: int,
                    padding: int, dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampling coordinates (B*Ho*Wo, K) in input pixels, float32, rows = output pixels."""
+    """Sampling coordinates (B, K, Ho, Wo) in input pixels (y, x), float32."""
     batch, _, out_h, out_w = offset.shape
     taps = kernel_h * kernel_w
     device = offset.device
@@ -35,8 +40,56 @@ def _sampling_grid(offset: torch.Tensor, kernel_h: int, kernel_w: int, stride: i
     offset = offset.float().view(batch, taps, 2, out_h, out_w)
     pos_y = offset[:, :, 0] + (base_y.view(1, 1, -1, 1) + tap_y.view(1, -1, 1, 1))
     pos_x = offset[:, :, 1] + (base_x.view(1, 1, 1, -1) + tap_x.view(1, -1, 1, 1))
+    return pos_y, pos_x
+
+
+def _sampling_grid(offset: torch.Tensor, kernel_h: int, kernel_w: int, stride: int,
+                   padding: int, dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampling coordinates (B*Ho*Wo, K) in input pixels, float32, rows = output pixels."""
+    pos_y, pos_x = _tap_positions(offset, kernel_h, kernel_w, stride, padding, dilation)
+    taps = kernel_h * kernel_w
     return (pos_y.permute(0, 2, 3, 1).reshape(-1, taps),                   # (B*Ho*Wo, K)
             pos_x.permute(0, 2, 3, 1).reshape(-1, taps))
+
+
+def _exporting() -> bool:
+    """True while torch.export or the ONNX exporter traces the model."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
+def deform_conv2d_by_grid_sample(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                                 bias: torch.Tensor | None = None, *, stride: int = 1,
+                                 padding: int = 0, dilation: int = 1,
+                                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``deform_conv2d`` from standard operators, for exported graphs (same arguments).
+
+    Per kernel row: one bilinear ``grid_sample`` (zeros outside: torchvision's rule) of all
+    that row's taps, stacked along the height, (B, C, kw*Ho, Wo), which is (B, C*kw, Ho, Wo)
+    without a copy; modulated, then a 1x1 convolution with that row's weights. The row results
+    are summed. Sampling runs in float32 whatever x's dtype, so half-precision graphs keep
+    exact sampling positions. Transient memory: one row's samples, C*kw*Ho*Wo per image.
+    """
+    batch, channels, height, width = x.shape
+    out_channels, _, kernel_h, kernel_w = weight.shape
+    out_h, out_w = offset.shape[-2:]
+    pos_y, pos_x = _tap_positions(offset, kernel_h, kernel_w, stride, padding, dilation)
+    # grid_sample's align_corners=False coordinates: pixel p is at (2p + 1) / size - 1.
+    grid = torch.stack(((2 * pos_x + 1) / width - 1, (2 * pos_y + 1) / height - 1), dim=-1)
+    source = x.float()
+    out = None
+    for row in range(kernel_h):
+        taps = slice(row * kernel_w, (row + 1) * kernel_w)
+        row_grid = grid[:, taps].reshape(batch, kernel_w * out_h, out_w, 2)
+        samples = F.grid_sample(source, row_grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)                     # (B, C, kw*Ho, Wo)
+        samples = samples.view(batch, channels, kernel_w, out_h, out_w)
+        if mask is not None:
+            samples = samples * mask[:, None, taps].float()
+        row_weight = weight[:, :, row].reshape(out_channels, channels * kernel_w, 1, 1)
+        part = F.conv2d(samples.reshape(batch, channels * kernel_w, out_h, out_w).to(x.dtype),
+                        row_weight)
+        out = part if out is None else out + part
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 def _padded_rows(x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +147,16 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
     All taps of a block of output pixels are sampled into one (pixels, K*C) matrix, which one
     matrix product turns into outputs; blocks are sized so the columns stay near 4 MB. Corner
     indices and weights are computed for many blocks at once (a plan of about 1M samples).
+    While a graph is exported, ``deform_conv2d_by_grid_sample`` computes it instead.
     """
+    if _exporting():
+        out = deform_conv2d_by_grid_sample(x, offset, weight, bias, stride=stride,
+                                           padding=padding, dilation=dilation, mask=mask)
+        if epilogue is None:
+            return out
+        batch, _, out_h, out_w = out.shape                   # (B*Ho*Wo, O) rows -> (n, P)
+        rows = epilogue(out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]))
+        return rows.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)
     batch, channels, height, width = x.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
     out_h, out_w = offset.shape[-2:]

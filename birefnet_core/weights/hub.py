@@ -80,7 +80,8 @@ def lookup_known_model(name: str) -> KnownModel | None:
     folded = name.casefold()
     matches = [m for m in KNOWN_MODELS.values()
                if folded in (m.name.casefold(), m.repo_id.casefold())]
-    return matches[0] if len(matches) == 1 else None
+    # Two names for one file (BiRefNet-massive, BiRefNet-DIS5K-TR_TEs) are one match.
+    return matches[0] if len({(m.repo_id, m.filename) for m in matches}) == 1 else None
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, models_dir: str | os.PathLike | None = None,
@@ -89,7 +90,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, models_dir: str | os.Pat
 
     - An existing file is returned as it is.
     - A known model name (``"BiRefNet_HR"``) or its repo id (``"ZhengPeng7/BiRefNet_HR"``) gives
-      ``models_dir/<Name>.safetensors``. If that file is missing it is downloaded from
+      ``models_dir/<Name>.safetensors`` (the extension is the repository file's: ``ToonOut.pth``).
+      If that file is missing it is downloaded from
       ``$HF_ENDPOINT`` into a temporary folder inside ``models_dir`` and moved into place in one
       step, so an interrupted download never leaves a partial file under the final name.
     - ``models_dir`` defaults to :func:`default_models_dir`.

@@ -1,9 +1,11 @@
-"""The officially released BiRefNet checkpoints: where they live and how they must be fed.
+"""The released BiRefNet checkpoints: where they live and how they must be fed.
 
 A checkpoint expects the inward-reference patch order it was trained with (see
 ``decoder.stack_patches``): files released before the official code changed its order on
-5 November 2024 use ``"legacy"``, later ones ``"current"``. Each entry also records the working
-resolution the model was trained at and the input normalisation it expects.
+5 November 2024 use ``"legacy"``, later ones ``"current"`` (fine-tunes: the order of the code
+they were trained with). Each entry also records the working resolution the model was trained
+at; all of them expect ImageNet normalisation. Sources for every entry are in the README's
+Models section.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ class KnownModel:
 
     @property
     def local_filename(self) -> str:
-        """The name the file gets in the models folder (unique per model)."""
-        return f"{self.name}.safetensors"
+        """The name the file gets in the models folder: the model's name with the extension of
+        the file in the repository (unique per model)."""
+        suffix = os.path.splitext(self.filename)[1].lower() or ".safetensors"
+        return f"{self.name}{suffix}"
 
 
 def _official(name, resolution, order, backbone="swin_v1_l", note=""):
@@ -61,25 +65,57 @@ KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in (
     _official("BiRefNet-DIS5K", _SQUARE_1K, "legacy", note="paper benchmark model (DIS)"),
     _official("BiRefNet-HRSOD", _SQUARE_1K, "legacy", note="paper benchmark model (HRSOD)"),
     _official("BiRefNet-COD", _SQUARE_1K, "legacy", note="paper benchmark model (COD)"),
+    _official("BiRefNet-DIS5K-TR_TEs", _SQUARE_1K, "legacy",
+              note="DIS5K trained with its test sets too, 'massive' data (2024)"),
+    _official("BiRefNet-legacy", _SQUARE_1K, "legacy",
+              note="the first general-use weights (May 2024; 'General-legacy')"),
+    _official("BiRefNet_lite-matting", _SQUARE_1K, "current", "swin_v1_t",
+              note="matting, Swin-T (2025, after the order change)"),
+    _official("BiRefNet_dynamic-matting", _SQUARE_1K, "current",
+              note="matting, trained at dynamic resolutions (2025); any multiple of 32 works"),
+    KnownModel(name="BiRefNet-massive", repo_id="ZhengPeng7/BiRefNet-DIS5K-TR_TEs",
+               filename="model.safetensors", resolution=_SQUARE_1K, patch_order="legacy",
+               backbone="swin_v1_l", licence="MIT",
+               note="the name other packs (rembg) give BiRefNet-DIS5K-TR_TEs: same file"),
     KnownModel(name="RMBG-2.0", repo_id="briaai/RMBG-2.0", filename="model.safetensors",
                resolution=_SQUARE_1K, patch_order="legacy", backbone="swin_v1_l",
                licence="CC BY-NC 4.0 (non-commercial)", gated=True,
                note="BRIA's retraining of BiRefNet; accept the licence on Hugging Face first"),
+    KnownModel(name="ToonOut", repo_id="joelseytre/toonout",
+               filename="birefnet_finetuned_toonout.pth", resolution=_SQUARE_1K,
+               patch_order="current", backbone="swin_v1_l", licence="MIT (data CC BY 4.0)",
+               note="anime fine-tune of BiRefNet (Sep 2025, arXiv 2509.06839; code "
+                    "MatteoKartoon/BiRefNet)"),
+    KnownModel(name="Lucida", repo_id="egeorcun/lucida", filename="model.safetensors",
+               resolution=_SQUARE_1K, patch_order="current", backbone="swin_v1_l",
+               licence="MIT", note="BiRefNet_HR fine-tune for glass, camouflage, text and "
+                                   "effects (2026), trained at 1024x1024"),
+    KnownModel(name="Comfy-Org_BiRefNet", repo_id="Comfy-Org/BiRefNet",
+               filename="background_removal/birefnet.safetensors", resolution=_SQUARE_1K,
+               patch_order="legacy", backbone="swin_v1_l", licence="MIT",
+               note="ComfyUI's repackaging (fp16) of BiRefNet for its own node"),
+    KnownModel(name="Comfy-Org_Lucida", repo_id="Comfy-Org/BiRefNet",
+               filename="background_removal/lucida.safetensors", resolution=_SQUARE_1K,
+               patch_order="current", backbone="swin_v1_l", licence="MIT",
+               note="ComfyUI's repackaging of Lucida for its own node"),
 )}
 
 # File names of the released .pth files (GitHub releases / Google Drive) and of community
 # fine-tunes, matched case-insensitively against the file's base name.
 _FILENAME_ORDERS: tuple[tuple[str, str], ...] = (
-    (r"toonout", "current"),
+    (r"toonout", "current"),                         # birefnet_finetuned_toonout.pth, ...
+    (r"lucida", "current"),                          # lucida.safetensors, lucida-m35-comfy, ...
     (r"(^|[-_ ])hr([-_. ]|$)|birefnet_hr", "current"),        # BiRefNet_HR, HR-matting, General-HR
-    (r"dynamic", "current"),
+    (r"dynamic", "current"),                         # BiRefNet_dynamic(-matting), Matting-dynamic
+    (r"lite[-_ ]?matting|matting[-_ ]?lite", "current"),      # BiRefNet_lite-matting, Matting-Lite
     (r"birefnet[-_]?lite|swin_v1_tiny|lite-2k", "legacy"),
     (r"rmbg[-_]?2", "legacy"),
     (r"birefnet-(general|matting|portrait|dis5k|hrsod|cod|massive|legacy)", "legacy"),
-    (r"general-epoch_244|dis-epoch|cod-epoch|hrsod-epoch|ep480|ep580|massive", "legacy"),
-    # Names other ComfyUI packs give the same official files (General.safetensors, ...).
-    (r"^(general|general-lite|general-lite-2k|portrait|matting|dis|hrsod|cod|dis-tr_tes)\.",
-     "legacy"),
+    (r"general-epoch_244|dis-epoch|cod-epoch|hrsod-epoch|ep480|ep580|massive|tr_tes", "legacy"),
+    # Names other ComfyUI packs give the same official files (General.safetensors, ...), and
+    # core's repackaged birefnet.safetensors.
+    ((r"^(general|general-lite|general-lite-2k|general-legacy|portrait|matting|dis|hrsod|cod|"
+      r"dis-tr_tes|birefnet)\."), "legacy"),
     (r"background_removal", "legacy"),
 )
 
@@ -99,9 +135,12 @@ def find_known_model(identifier: str | os.PathLike | None) -> KnownModel | None:
         if text == model.repo_id:
             return model
     cache_dir = re.search(r"models--([^/\\]+?)--([^/\\]+)", text)
-    if cache_dir:
+    if cache_dir:       # a repository may hold several models (Comfy-Org/BiRefNet): by file
         repo_id = f"{cache_dir.group(1)}/{cache_dir.group(2)}"
-        return next((m for m in KNOWN_MODELS.values() if m.repo_id == repo_id), None)
+        in_repo = [m for m in KNOWN_MODELS.values() if m.repo_id == repo_id]
+        base = os.path.basename(text)
+        return next((m for m in in_repo if os.path.basename(m.filename) == base),
+                    in_repo[0] if in_repo else None)
     stem = os.path.splitext(os.path.basename(text))[0]
     return KNOWN_MODELS.get(stem)
 

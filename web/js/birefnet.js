@@ -5,6 +5,8 @@
 // - BiRefNetEvaluate: its metrics table inside the node (birefnet_metrics.js).
 // - BiRefNetLoader: whether the chosen model is on disk or will be downloaded on first run (and
 //   from where, to where), from GET /birefnet/models; state in `node.birefnetModelStatus`.
+// All three are DOM widgets (birefnet_widget.js), shown in the classic canvas and in "Nodes 2.0"
+// (the current frontend's Vue renderer) alike.
 //
 // This file is served as /extensions/<pack>/js/birefnet.js (WEB_DIRECTORY is ./web), so
 // ComfyUI's scripts are three folders up.
@@ -12,7 +14,7 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { METRICS_WIDGET, showMetrics } from "./birefnet_metrics.js";
 import { PREVIEW_WIDGET, showPreview } from "./birefnet_preview.js";
-import { drawnWidget } from "./birefnet_widget.js";
+import { DOM_MARGIN, addElementWidget, element, refitNode } from "./birefnet_widget.js";
 
 const PREVIEW_NODES = new Set([
 	"BiRefNetSegment", "BiRefNetRefineEdges", "BiRefNetVideoMatte", "BiRefNetDetail",
@@ -87,59 +89,96 @@ function modelWidget(node) {
 }
 
 function statusHeight(node) {
-	return 20 + LINE * (node.birefnetModelStatus?.lines.length ?? 0);
+	return 22 + LINE * (node.birefnetModelStatus?.lines.length ?? 0) + 2 * DOM_MARGIN;
 }
 
 function updateStatus(node) {
 	const widget = modelWidget(node);
 	if (!widget) return;
 	node.birefnetModelStatus = describe(widget.value);
-	const needed = node.computeSize?.()[1];
-	if (needed > node.size[1]) node.setSize([node.size[0], needed]);
-	node.setDirtyCanvas?.(true, true);
+	const view = node.birefnetStatusView;
+	if (!view) return;
+	renderStatus(node, view);
+	if (view.widget) refitNode(node, view.widget, () => statusHeight(node));
 }
 
-/** text cut to width: the start elided (paths matter at their end), a "from "/"to " kept. */
-function fitText(ctx, text, width) {
-	if (ctx.measureText(text).width <= width) return text;
+let measure = null;
+
+/** text cut to width px: the start elided (paths matter at their end), a "from "/"to " kept. */
+function fitText(text, width, font) {
+	measure ??= document.createElement("canvas").getContext("2d");
+	measure.font = font;
+	if (width <= 0 || measure.measureText(text).width <= width) return text;
 	const head = /^(from|to) /.exec(text)?.[0] ?? "";
 	const tail = text.slice(head.length);
 	let keep = tail.length;
-	while (keep > 1 && ctx.measureText(`${head}…${tail.slice(tail.length - keep)}`).width > width) {
+	while (keep > 1 && measure.measureText(`${head}…${tail.slice(tail.length - keep)}`).width > width) {
 		keep--;
 	}
 	return `${head}…${tail.slice(tail.length - keep)}`;
 }
 
-function statusWidget(node) {
-	return drawnWidget(STATUS_WIDGET, {
-		draw(ctx, _node, width, y, _height, lowQuality) {
-			const value = modelWidget(node)?.value;
-			if (node.birefnetModelStatus?.name !== value) updateStatus(node);
-			const status = node.birefnetModelStatus;
-			if (!status) return;
-			ctx.save();
-			ctx.font = "12px Arial, sans-serif";
-			ctx.textBaseline = "middle";
-			ctx.textAlign = "left";
-			ctx.fillStyle = COLORS[status.state] ?? COLORS.unknown;
-			ctx.beginPath();
-			ctx.arc(20, y + 10, 5, 0, 2 * Math.PI);
-			ctx.fill();
-			if (lowQuality) {             // zoomed far out: no text, as for the other widgets
-				ctx.restore();
-				return;
-			}
-			ctx.fillText(fitText(ctx, status.label, width - 50), 32, y + 10);
-			ctx.fillStyle = "#999";
-			ctx.font = "11px Arial, sans-serif";
-			status.lines.forEach((line, i) => {
-				ctx.fillText(fitText(ctx, line, width - 30), 15, y + 10 + LINE * (i + 1));
-			});
-			ctx.restore();
-		},
-		computeSize(width) {
-			return [width ?? node.size[0], statusHeight(node)];
+const LABEL_FONT = "12px Arial, sans-serif";
+const LINE_FONT = "11px Arial, sans-serif";
+
+/** The status line's elements: a coloured dot and the label, then the detail lines. */
+function statusView(node) {
+	const root = element("div", "birefnet-model-status", {
+		boxSizing: "border-box", width: "100%", height: "100%", overflow: "hidden",
+		padding: "0 4px", userSelect: "none",
+	});
+	const head = element("div", "", { display: "flex", alignItems: "center", gap: "7px",
+		height: "20px" });
+	const dot = element("span", "birefnet-model-status-dot", { width: "10px", height: "10px",
+		borderRadius: "50%", flex: "none" });
+	const label = element("span", "birefnet-model-status-label", { font: LABEL_FONT,
+		whiteSpace: "nowrap", overflow: "hidden" });
+	head.append(dot, label);
+	const lines = element("div", "birefnet-model-status-lines", { font: LINE_FONT,
+		color: "#999", lineHeight: `${LINE}px`, whiteSpace: "nowrap" });
+	root.append(head, lines);
+	const view = { root, dot, label, lines };
+	new ResizeObserver(() => renderStatus(node, view)).observe(root);
+	return view;
+}
+
+function renderStatus(node, view) {
+	const status = node.birefnetModelStatus;
+	if (!status) return;
+	const color = COLORS[status.state] ?? COLORS.unknown;
+	const width = view.root.clientWidth - 8;
+	view.root.dataset.state = status.state;
+	view.root.title = [status.label, ...status.lines].join("\n");
+	view.dot.style.background = color;
+	view.label.style.color = color;
+	view.label.textContent = fitText(status.label, width - 17, LABEL_FONT);
+	view.lines.replaceChildren(...status.lines.map((line) => {
+		const row = element("div");
+		row.textContent = fitText(line, width, LINE_FONT);
+		return row;
+	}));
+}
+
+/** Call changed() after each write to widget.value, keeping how the frontend stores it (a
+ * plain field in the 2024 frontend, an accessor of the widget's class in the current one). */
+function watchValue(widget, changed) {
+	let owner = widget;
+	let descriptor;
+	while (owner && !(descriptor = Object.getOwnPropertyDescriptor(owner, "value"))) {
+		owner = Object.getPrototypeOf(owner);
+	}
+	if (owner === widget && descriptor && !descriptor.configurable) return;
+	let stored = widget.value;
+	const read = descriptor?.get ? () => descriptor.get.call(widget) : () => stored;
+	const write = descriptor?.set ? (value) => descriptor.set.call(widget, value)
+		: (value) => { stored = value; };
+	Object.defineProperty(widget, "value", {
+		configurable: true,
+		enumerable: descriptor?.enumerable ?? true,
+		get: read,
+		set(value) {
+			write(value);
+			changed();
 		},
 	});
 }
@@ -154,9 +193,22 @@ function setUpLoader(node) {
 		fetchModels(true);          // a new file may have appeared since the last look
 		return result;
 	};
-	node.addCustomWidget(statusWidget(node));
-	const size = node.computeSize();
-	node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
+	// A loaded workflow or a script sets the combo's value without its callback.
+	const follow = () => {
+		if (node.birefnetModelStatus?.name !== modelWidget(node)?.value) updateStatus(node);
+	};
+	watchValue(widget, follow);
+	const onConfigure = node.onConfigure;
+	node.onConfigure = function (...args) {
+		const result = onConfigure?.apply(this, args);
+		updateStatus(node);
+		return result;
+	};
+	node.birefnetModelStatus = describe(widget.value);
+	const view = statusView(node);
+	node.birefnetStatusView = view;
+	view.widget = addElementWidget(node, STATUS_WIDGET, view.root, () => statusHeight(node),
+		{ onDraw: follow });
 	updateStatus(node);
 	fetchModels();
 }

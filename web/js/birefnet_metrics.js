@@ -1,29 +1,36 @@
-// The metrics table of BiRefNetEvaluate, drawn inside the node after it runs (the node sends
-// `birefnet_metrics`: one text table, nodes/evaluate.py). State: `node.birefnetMetrics`, the
-// table's lines. A helper of birefnet.js; registers nothing by itself.
+// The metrics table of BiRefNetEvaluate, shown inside the node after it runs (the node sends
+// `birefnet_metrics`: one text table, nodes/evaluate.py), as HTML (a DOM widget) so that it shows
+// in the classic canvas and in "Nodes 2.0" alike. State: `node.birefnetMetrics`, the table's
+// lines. A helper of birefnet.js; registers nothing by itself.
 
-import { drawnWidget } from "./birefnet_widget.js";
+import { DOM_MARGIN, addElementWidget, element, refitNode } from "./birefnet_widget.js";
 
 export const METRICS_WIDGET = "birefnet_metrics";
 const LINE = 15;
+const PADDING = 4;
+const MIN_WIDTH = 420;
+const MAX_WIDTH = 1200;
+const FONT = "12px monospace";
+let measure = null;
 
-function metricsWidget(node) {
-	return drawnWidget(METRICS_WIDGET, {
-		draw(ctx, _node, width, y, _height, lowQuality) {
-			const lines = node.birefnetMetrics ?? [];
-			if (lowQuality || !lines.length) return;
-			ctx.save();
-			ctx.fillStyle = "#1e1e1e";
-			ctx.fillRect(10, y, width - 20, LINE * lines.length + 8);
-			ctx.font = "12px monospace";
-			ctx.textBaseline = "top";
-			ctx.fillStyle = "#ddd";
-			lines.forEach((line, i) => ctx.fillText(line, 16, y + 4 + LINE * i, width - 32));
-			ctx.restore();
-		},
-		computeSize(width) {
-			return [width ?? node.size[0], LINE * (node.birefnetMetrics?.length ?? 0) + 12];
-		},
+/** The node width that shows the widest line of the table unclipped (at most MAX_WIDTH). */
+function tableWidth(lines) {
+	measure ??= document.createElement("canvas").getContext("2d");
+	measure.font = FONT;
+	const widest = Math.max(0, ...lines.map((line) => measure.measureText(line).width));
+	return Math.min(MAX_WIDTH, Math.max(MIN_WIDTH, Math.ceil(widest) + 12 + 2 * DOM_MARGIN + 4));
+}
+
+function tableHeight(node) {
+	return LINE * (node.birefnetMetrics?.length ?? 0) + 2 * PADDING + 2 * DOM_MARGIN;
+}
+
+function tableElement() {
+	return element("pre", "birefnet-metrics", {
+		boxSizing: "border-box", width: "100%", height: "100%", margin: "0",
+		padding: `${PADDING}px 6px`, background: "#1e1e1e", color: "#ddd",
+		font: FONT, lineHeight: `${LINE}px`, overflow: "auto", whiteSpace: "pre",
+		userSelect: "text",
 	});
 }
 
@@ -32,10 +39,12 @@ export function showMetrics(node, message) {
 	const text = Array.isArray(message) ? message.join("\n") : "";
 	if (!text) return;
 	node.birefnetMetrics = text.split("\n");
-	if (!node.widgets?.some((w) => w.name === METRICS_WIDGET)) {
-		node.addCustomWidget(metricsWidget(node));
+	let widget = node.widgets?.find((w) => w.name === METRICS_WIDGET);
+	if (!widget) {
+		widget = addElementWidget(node, METRICS_WIDGET, tableElement(), () => tableHeight(node));
 	}
-	const needed = node.computeSize?.();
-	if (needed) node.setSize([Math.max(node.size[0], 420), Math.max(node.size[1], needed[1])]);
-	node.setDirtyCanvas?.(true, true);
+	widget.content.textContent = text;
+	const width = tableWidth(node.birefnetMetrics);
+	if (node.size && node.size[0] < width) node.setSize?.([width, node.size[1]]);
+	refitNode(node, widget, () => tableHeight(node));
 }

@@ -1,0 +1,205 @@
+"""ONNX export: standard operators, metadata, onnxruntime against PyTorch, the --model path.
+
+Exports take minutes on a small CPU, so each file is exported once per module (PVT-v2-b0,
+the smallest variant: one dynamic float32 file, one fixed-size float16 file with the sigmoid
+inside) and every test reads those.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import birefnet_core
+from birefnet_core import cli
+from birefnet_core.errors import BiRefNetError, CheckpointError, InputError
+from birefnet_core.export import export_onnx, load_onnx_model
+from birefnet_core.export.__main__ import main as export_main
+from birefnet_core.export.swin_windows import exportable_swin
+from tests.synthetic import parity_fixture, synthetic_float_weights, synthetic_state_dict
+
+onnx = pytest.importorskip("onnx")
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+# The issue's acceptance bound for onnxruntime against PyTorch in float32. Both compute the
+# same float32 function with different kernels (GridSample vs gathers, MLAS vs oneDNN GEMMs),
+# so they differ by reassociation only: about 1e-6 here on logits of magnitude ~10.
+LOGIT_BOUND = 1e-3
+ROOT = Path(__file__).resolve().parent.parent
+FP16_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    return birefnet_core.load_model(synthetic_float_weights("pvt_v2_b0"), resolution=256)
+
+
+@pytest.fixture(scope="module")
+def dynamic_file(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "pvt_dynamic.onnx"
+    report = export_onnx(model, path, size=(256, 256), dynamic=True)
+    assert report.files == (path,) and report.bytes == path.stat().st_size
+    return path
+
+
+@pytest.fixture(scope="module")
+def fp16_file(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "pvt_fp16.onnx"
+    export_onnx(model, path, size=(FP16_SIZE, FP16_SIZE), dtype="fp16", sigmoid=True)
+    return path
+
+
+def test_file_passes_the_checker_with_standard_operators_only(dynamic_file):
+    onnx.checker.check_model(str(dynamic_file), full_check=True)
+    graph = onnx.load(str(dynamic_file)).graph
+    ops = {node.op_type for node in graph.node}
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx"}     # no custom domain
+    assert "GridSample" in ops                       # the deformable convolutions
+    assert "BatchNormalization" not in ops           # folded into the convolutions
+    image = graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in image][1] == 3
+    assert all(d.dim_param for i, d in enumerate(image) if i != 1)   # batch, H, W free
+
+
+def test_metadata_says_how_to_feed_the_file(dynamic_file, model):
+    meta = {p.key: p.value for p in onnx.load(str(dynamic_file)).metadata_props}
+    assert meta["birefnet.variant"] == "pvt_v2_b0"
+    assert meta["birefnet.patch_order"] == model.info.patch_order
+    assert json.loads(meta["birefnet.mean"]) == list(model.info.mean)
+    assert json.loads(meta["birefnet.std"]) == list(model.info.std)
+    assert meta["birefnet.output"] == "logits" and meta["birefnet.dynamic_size"] == "true"
+    assert meta["birefnet.model"]
+
+
+@pytest.mark.parametrize("fixture", ["pvt_v2_b0_256x256", "pvt_v2_b0_192x320"])
+def test_onnxruntime_equals_torch_at_two_sizes_of_one_file(dynamic_file, model, fixture):
+    runtime = load_onnx_model(dynamic_file, device="cpu")
+    data = parity_fixture(fixture)
+    x = torch.from_numpy(data["input"])
+    x = torch.cat((x, x.flip(-1) * 0.5))             # a batch of two different images
+    with torch.inference_mode():
+        expected = model(x)
+    got = runtime(x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= LOGIT_BOUND
+    assert np.abs(got[:1].numpy() - data["logits"]).max() <= LOGIT_BOUND   # the official logits
+
+
+def test_predict_and_the_cli_run_the_file(dynamic_file, model, tmp_path, capsys):
+    runtime = cli.open_model(str(dynamic_file), device="cpu")
+    assert runtime.info.resolution == (256, 256)
+    images = torch.rand(2, 3, 150, 230, generator=torch.Generator().manual_seed(0))
+    # Masks are sigmoids of logits within LOGIT_BOUND; sigmoid's slope is at most 1/4 and the
+    # shared pre- and post-processing is the same code on the same inputs.
+    expected = birefnet_core.predict(model, images, resolution=(192, 320))
+    got = birefnet_core.predict(runtime, images, resolution=(192, 320))
+    assert (got - expected).abs().max() <= LOGIT_BOUND / 4
+    photo = tmp_path / "photo.png"
+    Image.fromarray((images[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(photo)
+    assert cli.main([str(photo), "-o", str(tmp_path / "out"), "--model", str(dynamic_file),
+                     "--device", "cpu"]) == 0
+    assert "ONNX" in capsys.readouterr().err
+    with Image.open(tmp_path / "out" / "photo_mask.png") as written:
+        mask = np.asarray(written, dtype=np.float32) / 255
+    reference = cli.compute_mask(model, Image.open(photo).convert("RGB"), None)
+    # 8-bit masks of the same soft mask: at most one grey level apart where rounding differs.
+    assert np.abs(mask - np.asarray(reference, dtype=np.float32) / 255).max() <= 1 / 255 + 1e-6
+
+
+def test_options_baked_into_the_file_cannot_be_changed(dynamic_file):
+    with pytest.raises(cli.UsageError, match="dtype"):
+        cli.open_model(str(dynamic_file), device="cpu", dtype="bf16")
+    with pytest.raises(cli.UsageError, match="patch order"):
+        cli.open_model(str(dynamic_file), device="cpu", patch_order="legacy")
+
+
+def test_float16_file_with_sigmoid_inside(fp16_file, model):
+    runtime = load_onnx_model(fp16_file, device="cpu")
+    assert runtime.export["output"] == "mask" and runtime.info.resolution == (FP16_SIZE,) * 2
+    images = torch.rand(3, 3, 90, 70, generator=torch.Generator().manual_seed(1))
+    rounded = copy.deepcopy(model).half().float()    # the file's weights, computed in float32
+    reference = birefnet_core.predict(rounded, images, resolution=FP16_SIZE)
+    got = birefnet_core.predict(runtime, images)
+    # float16 arithmetic moves logits by about 2 eps * max|logit| (as in test_predict's
+    # bfloat16 bound); 16 eps is allowed and the mask moves by at most a quarter of it.
+    logit_scale = torch.logit(reference.double()).abs().max()
+    assert (got - reference).abs().max() <= 16 * torch.finfo(torch.float16).eps * logit_scale / 4
+    with pytest.raises(InputError, match="--dynamic"):
+        birefnet_core.predict(runtime, images, resolution=128)
+
+
+def test_swin_windows_for_export_equal_the_eager_ones():
+    """The traceable Swin form against the cached-gather one, at sizes that need padding
+    (stage maps 56x40, 28x20, 14x10, 7x5 against windows of 7) and a batch of two."""
+    model = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"))
+    x = torch.randn(2, 3, 224, 160, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        eager = model.bb(x)
+        with exportable_swin(model):
+            traced_form = model.bb(x)
+    for a, b in zip(eager, traced_form):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)   # same float32 ops up to reordering
+    assert "forward" not in vars(model.bb.layers[0])      # restored afterwards
+
+
+def test_missing_onnxruntime_is_a_clear_error(dynamic_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BiRefNetError, match="pip install onnxruntime"):
+        load_onnx_model(dynamic_file)
+
+
+def test_a_file_without_birefnet_metadata_is_refused(tmp_path):
+    helper = onnx.helper
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["logits"])], "plain",
+        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3, 32, 32])])
+    path = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(CheckpointError, match="birefnet_core.export"):
+        load_onnx_model(path)
+
+
+def test_export_command_refuses_bad_options_and_leaves_nothing(tmp_path, capsys):
+    from safetensors.torch import save_file
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in synthetic_state_dict("pvt_v2_b0").items()},
+              str(checkpoint))
+    assert export_main([str(checkpoint), "-o", str(tmp_path / "m.txt")]) == 2
+    assert export_main([str(checkpoint), "-o", str(tmp_path / "m.onnx"), "--opset", "13"]) == 2
+    assert "opset 13" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.safetensors"]
+
+
+def _run_gpu_check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+
+
+def test_gpu_check_runs_every_step_in_its_cpu_smoke_mode(dynamic_file, tmp_path):
+    out = tmp_path / "smoke.json"
+    result = _run_gpu_check("--cpu-smoke", "--onnx", str(dynamic_file), "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = json.loads(out.read_text())["steps"]
+    assert list(steps) == ["parity", "precision", "speed", "video", "detail", "onnx", "compile"]
+    assert all(row["max_abs_dlogit_vs_cpu"] == 0 for row in steps["parity"]["result"])
+    assert len(steps["speed"]["result"]) == len(steps["compile"]["result"]) == 4
+    onnx_step = steps["onnx"]["result"]
+    assert onnx_step["max_abs_dlogit_vs_torch_fp32"] <= LOGIT_BOUND
+
+
+def test_gpu_check_without_cuda_stops_with_a_clear_message(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would run its full check")
+    result = _run_gpu_check("--out", str(tmp_path / "x.json"))
+    assert result.returncode == 2
+    assert "no CUDA device" in result.stderr and "--cpu-smoke" in result.stderr
+    assert not (tmp_path / "x.json").exists()
