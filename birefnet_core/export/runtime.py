@@ -21,9 +21,9 @@ from ..weights.loading import ModelInfo
 from .graph import METADATA_PREFIX
 
 GRAPH_OPTIMIZATIONS = ("all", "extended", "basic", "none")
-# Which engine a CPU user should run (README, "Export"): PyTorch bfloat16 ran 2.5x PyTorch
+# Which engine a CPU user should run (README, "Export"): PyTorch bfloat16 ran 1.7-1.9x PyTorch
 # float32 on the project's CPU; onnxruntime's CPU speed awaits bench/bench_onnx.py's speed part.
-CPU_ADVICE = ("on a CPU, run the checkpoint itself with --dtype bf16 (2.5x float32 PyTorch on "
+CPU_ADVICE = ("on a CPU, run the checkpoint itself with --dtype bf16 (1.7-1.9x float32 PyTorch on "
               "the project's CPU); the .onnx file is for runtimes without PyTorch "
               "(onnxruntime, TensorRT)")
 
