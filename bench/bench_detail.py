@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import RESULTS, peak_rss_mb  # noqa: E402
 from birefnet_core import predict, refine_detail, segment_region  # noqa: E402
 from birefnet_core.inference.tiles import band_pixels  # noqa: E402
-from tests.oracle import ResolutionLimitedOracle, composite, scene, scene_alpha  # noqa: E402
+from tests.oracle import ResolutionLimitedOracle, composite, scene, scene_alpha, tile_border_pairs  # noqa: E402
 
 OUT = RESULTS / "detail.json"
 SIZES = {"6000x4000": (4000, 6000), "8192x5464": (5464, 8192)}
@@ -100,15 +100,7 @@ def accuracy(sizes: list[str]) -> dict:
 def _steps(mask: torch.Tensor, windows: list, region: torch.Tensor) -> dict:
     """Steps between neighbouring pixels (both in ``region``): across a tile border vs not."""
     height, width = mask.shape
-    across = torch.zeros(height, width - 1, dtype=torch.bool)
-    down = torch.zeros(height - 1, width, dtype=torch.bool)
-    for top, left, h, w in windows:
-        for x in (left, left + w):
-            if 0 < x < width:
-                across[top:top + h, x - 1] = True
-        for y in (top, top + h):
-            if 0 < y < height:
-                down[y - 1, left:left + w] = True
+    across, down = tile_border_pairs(windows, height, width)
     pairs_x, pairs_y = region[:, 1:] & region[:, :-1], region[1:] & region[:-1]
     step_x, step_y = (mask[:, 1:] - mask[:, :-1]).abs(), (mask[1:] - mask[:-1]).abs()
     border = torch.cat([step_x[across & pairs_x], step_y[down & pairs_y]])

@@ -5,7 +5,7 @@ import torch
 
 from ..birefnet_core import refine_detail
 from .preview import with_preview
-from .runtime import loaded_model, model_errors, progress_with_total, resolution_problem
+from .runtime import interrupt_aware_progress, loaded_model, model_errors, resolution_problem
 from .tensors import (
     broadcast_batches,
     check_same_size,
@@ -88,6 +88,6 @@ class BiRefNetDetail:
                 network, rgb, coarse, resolution=resolution or None,
                 tile_size=resolution or None, scale=float(scale),
                 band=int(band) or None, overlap=float(overlap), max_tiles=int(max_tiles),
-                batch_size=int(batch_size), progress=progress_with_total())
+                batch_size=int(batch_size), progress=interrupt_aware_progress())
         cutout = torch.cat([rgb.to(masks.device), masks], dim=1)
         return nchw_to_mask(masks), nchw_to_image(cutout)

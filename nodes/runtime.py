@@ -19,27 +19,18 @@ from ..birefnet_core.inference import is_out_of_memory, predict_batched
 from .tensors import NodeInputError, parse_color
 
 
-def interrupt_aware_progress(total: int):
-    """A progress callback: updates ComfyUI's bar and stops if the user pressed Cancel."""
-    bar = comfy.utils.ProgressBar(total)
+def interrupt_aware_progress(total: int | None = None):
+    """A progress callback ``report(done, total)``: updates ComfyUI's bar and stops if the user
+    pressed Cancel. Without ``total`` the bar is made on the first call, from the total that
+    call gives (for work whose size is known only once it started, as refine_detail's tiles)."""
+    bar = None if total is None else comfy.utils.ProgressBar(total)
 
-    def report(done: int, _total: int) -> None:
-        bar.update_absolute(done, total)
-        mm.throw_exception_if_processing_interrupted()
-    return report
-
-
-def progress_with_total():
-    """A progress callback for work whose total is known only once it has started (it comes
-    with every call, as refine_detail gives it): ComfyUI's bar, made on the first call, and
-    Cancel checked on every call."""
-    bar = None
-
-    def report(done: int, total: int) -> None:
+    def report(done: int, reported_total: int) -> None:
         nonlocal bar
+        steps = max(1, total if total is not None else reported_total)
         if bar is None:
-            bar = comfy.utils.ProgressBar(max(1, total))
-        bar.update_absolute(done, max(1, total))
+            bar = comfy.utils.ProgressBar(steps)
+        bar.update_absolute(done, steps)
         mm.throw_exception_if_processing_interrupted()
     return report
 
@@ -84,14 +75,10 @@ def resolution_problem(resolution: int, node: str) -> str | None:
 def run_model(patcher, images: torch.Tensor, resolution: int, batch_size: int,
               node: str) -> torch.Tensor:
     """(B, 3, H, W) on any device -> masks (B, 1, H, W) on ComfyUI's intermediate device."""
-    problem = resolution_problem(resolution, node)
-    if problem:
-        raise NodeInputError(problem)
-    mm.load_models_gpu([patcher])
-    mm.throw_exception_if_processing_interrupted()
+    network = loaded_model(patcher, resolution, node)
     with model_errors(node, "image"):
         return predict_batched(
-            patcher.model, images, resolution=resolution or None, batch_size=batch_size,
+            network, images, resolution=resolution or None, batch_size=batch_size,
             output_device=mm.intermediate_device(),
             progress=interrupt_aware_progress(images.shape[0]))
 

@@ -5,10 +5,24 @@ import torch
 
 from ..birefnet_core import estimate_foreground, segment_region
 from .preview import with_preview
-from .runtime import (loaded_model, model_errors, per_image, progress_with_total, run_model,
-                      settings_problem)
-from .tensors import (broadcast_batches, check_same_size, color_image, image_to_nchw,
-                      mask_to_nchw, nchw_to_image, nchw_to_mask, parse_color)
+from .runtime import (
+    interrupt_aware_progress,
+    loaded_model,
+    model_errors,
+    per_image,
+    run_model,
+    settings_problem,
+)
+from .tensors import (
+    broadcast_batches,
+    check_same_size,
+    color_image,
+    image_to_nchw,
+    mask_to_nchw,
+    nchw_to_image,
+    nchw_to_mask,
+    parse_color,
+)
 
 NODE = "BiRefNetSegment"
 
@@ -96,4 +110,4 @@ def guided_masks(model, rgb: torch.Tensor, guide: torch.Tensor, resolution: int)
     network = loaded_model(model, resolution, NODE)
     with model_errors(NODE, "image"):
         return segment_region(network, rgb, subject, resolution=resolution or None,
-                              progress=progress_with_total())
+                              progress=interrupt_aware_progress())

@@ -108,3 +108,18 @@ def scene(height: int, width: int, seed: int = 0, **options) -> tuple[torch.Tens
     """(image (1, 3, H, W), alpha (1, 1, H, W)) of one synthetic scene."""
     alpha = scene_alpha(height, width, seed, **options)
     return composite(alpha), alpha
+
+
+def tile_border_pairs(windows, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which neighbouring-pixel pairs straddle a tile border: ``across`` (H, W-1) marks the pair
+    (x, x+1) of a row, ``down`` (H-1, W) the pair (y, y+1) of a column."""
+    across = torch.zeros(height, width - 1, dtype=torch.bool)
+    down = torch.zeros(height - 1, width, dtype=torch.bool)
+    for top, left, h, w in windows:
+        for x in (left, left + w):
+            if 0 < x < width:
+                across[top:top + h, x - 1] = True
+        for y in (top, top + h):
+            if 0 < y < height:
+                down[y - 1, left:left + w] = True
+    return across, down

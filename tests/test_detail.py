@@ -12,7 +12,8 @@ import birefnet_core
 from birefnet_core import InputError, predict, refine_detail, segment_region
 from birefnet_core.inference.region import guide_box
 from birefnet_core.inference.tiles import band_pixels, cover_band, taper, window_weight
-from tests.oracle import ResolutionLimitedOracle, composite, scene, scene_alpha
+from tests.oracle import (ResolutionLimitedOracle, composite, scene, scene_alpha,
+                         tile_border_pairs)
 from tests.synthetic import synthetic_float_weights
 from tests.test_batching import _RunsOutAboveTwo
 
@@ -65,15 +66,7 @@ def test_nothing_changes_outside_the_band_and_no_far_object_is_added():
 def _border_and_inside_steps(mask, windows):
     """Largest |difference| of neighbouring pixels across a tile border and elsewhere."""
     height, width = mask.shape
-    across = torch.zeros(height, width - 1, dtype=torch.bool)   # pair (x, x+1)
-    down = torch.zeros(height - 1, width, dtype=torch.bool)
-    for top, left, h, w in windows:
-        for x in (left, left + w):
-            if 0 < x < width:
-                across[top:top + h, x - 1] = True
-        for y in (top, top + h):
-            if 0 < y < height:
-                down[y - 1, left:left + w] = True
+    across, down = tile_border_pairs(windows, height, width)
     step_x, step_y = (mask[:, 1:] - mask[:, :-1]).abs(), (mask[1:] - mask[:-1]).abs()
     border = max(step_x[across].max(), step_y[down].max()).item()
     inside = max(step_x[~across].max(), step_y[~down].max()).item()
