@@ -12,12 +12,14 @@
 3. Speed at 1024x1024, Swin-T, one process, configurations interleaved round by round (the
    machine may be shared: contention then hits all alike): PyTorch fp32 and bf16 forward,
    onnxruntime fp32 with all graph optimisations and with none.
+4. (--only large) The Swin-T dynamic file at 1024x1024 and 512x768 against PyTorch float32.
 Weights are synthetic (tests/synthetic.py): speed and agreement do not depend on their values.
 Writes bench/results/onnx.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -130,32 +132,59 @@ def speed(files: Path, rounds: int) -> dict:
             "median_s": {k: statistics.median(v) for k, v in times.items()}, "all_s": times}
 
 
+def large_sizes(files: Path) -> list[dict]:
+    """The Swin-T dynamic file at working sizes far from its trace: max |dlogit| against
+    PyTorch float32 on a random normalised image (one per size)."""
+    model = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"))
+    path = files / "swin_v1_t_current_dynamic.onnx"
+    _export(model, path, size=(256, 256), dynamic=True)
+    runtime = load_onnx_model(path, device="cpu")
+    rows = []
+    for size in ((1024, 1024), (512, 768)):
+        x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            reference = model(x)
+        rows.append({"size": list(size), "max_abs_dlogit_vs_torch":
+                     float((runtime(x) - reference).abs().max()),
+                     "max_abs_logit": float(reference.abs().max())})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbones", nargs="+", default=None)
     parser.add_argument("--files", type=Path, default=Path("/tmp/birefnet_onnx_bench"),
                         help="where the exported files go (kept and reused)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", nargs="+", choices=("speed", "parity", "float16"),
-                        default=("speed", "parity", "float16"),
+    parser.add_argument("--only", nargs="+", choices=("speed", "parity", "float16", "large"),
+                        default=("speed", "parity", "float16", "large"),
                         help="run only these parts (several processes can share the work)")
     parser.add_argument("--out", type=Path, default=RESULTS / "onnx.json")
     args = parser.parse_args()
     args.files.mkdir(parents=True, exist_ok=True)
     import onnxruntime
-    result = {"machine": platform.platform(), "cpus": os.cpu_count(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "onnxruntime": onnxruntime.__version__,
-              "command": "python bench/bench_onnx.py " + " ".join(sys.argv[1:]),
-              "note": "shared machine: other jobs ran at the same time; configurations are "
-                      "interleaved round by round so contention hits all alike"}
+    # Parts run separately add to the same file; each part records the command that made it.
+    result = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result.pop("not_measured", None)
+    result.update({"machine": platform.platform(), "cpus": os.cpu_count(),
+                   "threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "onnxruntime": onnxruntime.__version__})
+    command = "python bench/bench_onnx.py " + " ".join(sys.argv[1:])
+    result.setdefault("commands", {}).update({part: command for part in args.only})
+    if "parity" in args.only:
+        result["parity"] = []                   # this run's rows replace the earlier ones
     if "speed" in args.only:
         result["speed_1024"] = speed(args.files, args.rounds)
+        result["speed_1024"]["load_average_before"] = os.getloadavg()[0]
         write_json(args.out, result)
     if "parity" in args.only:
         parity(args.backbones, args.files, result, args.out)
     if "float16" in args.only:
         result["float16"] = float16(args.files)
+        write_json(args.out, result)
+    if "large" in args.only:
+        result["swin_t_large_sizes"] = large_sizes(args.files)
         write_json(args.out, result)
 
 

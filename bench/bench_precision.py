@@ -1,11 +1,11 @@
-"""How far bfloat16 (and float16) masks are from float32 ones, on the parity fixtures.
+"""How far bfloat16, float16 and int8 masks are from float32 ones, on the parity fixtures.
 
 For every fixture image, ``predict`` runs the synthetic-weight model in float32 and in each
 lower precision at the fixture's own size; the script prints the largest and the mean absolute
 mask difference and writes them to JSON. (Weights are synthetic: the numbers show how much
 the arithmetic moves a mask, not a trained model's quality.)
 
-    python bench/bench_precision.py [--dtypes bf16 fp16] [--out bench/results/precision.json]
+    python bench/bench_precision.py [--dtypes bf16 fp16 int8] [--out bench/results/precision.json]
 """
 from __future__ import annotations
 

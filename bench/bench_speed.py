@@ -1,5 +1,8 @@
 """Time BiRefNet's forward pass and ``predict`` on this machine; write the numbers to JSON.
 
+The quick one. The README's speed table (floor, official code side by side, compile, int8)
+comes from bench/bench_official.py.
+
 Each configuration runs in its own process so that its peak resident memory is its own.
 Weights are synthetic (built from the parity manifests): speed does not depend on their values.
 

@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, metavar="DIR",
                         help="folder for <name>_mask.png and <name>_cutout.png (created)")
     parser.add_argument("--model", default="BiRefNet", metavar="NAME_OR_PATH",
-                        help="a known model name (downloaded on first use) or a checkpoint file "
-                             "(default: BiRefNet)")
+                        help="a known model name (downloaded on first use), a checkpoint file, "
+                             "or an .onnx file exported by python -m birefnet_core.export (run "
+                             "by onnxruntime) (default: BiRefNet)")
     parser.add_argument("--resolution", type=parse_resolution, metavar="N|HxW",
                         help="working size, multiples of 32 (default: the model's own)")
     parser.add_argument("--detail", action="store_true",
@@ -69,14 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "from SAM or a paint program), the size of every input image")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                         help="auto: cuda if available, else mps, else cpu")
-    parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
-                        help="auto: fp16 on cuda, fp32 elsewhere")
+    add_speed_options(parser)
     parser.add_argument("--patch-order", choices=("auto", "current", "legacy"), default="auto",
                         help="inward-reference patch order the checkpoint was trained with")
     parser.add_argument("--models-dir", metavar="DIR", default=None,
                         help=f"where named models are kept (default: $BIREFNET_MODELS_DIR or "
                              f"{default_models_dir()})")
     return parser
+
+
+def add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --compile, shared by the commands that run the model."""
+    parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES, "int8"), default="auto",
+                        help="auto: fp16 on cuda, fp32 elsewhere. On a CPU bf16 is the fast "
+                             "choice where the CPU has bf16 instructions; int8 (CPU only) "
+                             "quantises the backbone's linear layers (see README for speeds "
+                             "and mask differences)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the backbone through torch.compile (first image at each size "
+                             "compiles; falls back to the plain model where it cannot)")
 
 
 def choose_device(name: str) -> torch.device:
@@ -89,9 +101,14 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def choose_dtype(name: str, device: torch.device) -> torch.dtype:
+def choose_dtype(name: str, device: torch.device) -> torch.dtype | str:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
+    if name == "int8":
+        if device.type != "cpu":
+            raise UsageError(f"--dtype int8 runs on the CPU only, not on {device}; use "
+                             "--device cpu, or fp16/bf16 on a GPU")
+        return "int8"
     return DTYPE_NAMES[name]
 
 
@@ -217,22 +234,27 @@ def _open_onnx(path: str, *, device: str, dtype: str, patch_order: str,
 
 def open_model(model: str, *, device: str = "auto", dtype: str = "auto",
                patch_order: str = "auto", models_dir: str | None = None,
-               announce: bool = True) -> torch.nn.Module:
+               announce: bool = True, compile: bool = False) -> torch.nn.Module:
     """The model a command was asked for: a known name (downloaded on first use), a
     checkpoint file on the chosen device and dtype, or an exported .onnx file (run by
     onnxruntime, same predict contract). Every command opens models through here."""
     if str(model).lower().endswith(".onnx"):
+        if compile:
+            raise UsageError("--compile applies to checkpoints; an .onnx file is optimised "
+                             "by onnxruntime itself")
         return _open_onnx(model, device=device, dtype=dtype, patch_order=patch_order,
                           announce=announce)
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(dtype, torch_device)
     checkpoint = resolve_checkpoint(model, models_dir)
     network = load_model(checkpoint, device=torch_device, dtype=torch_dtype,
-                         patch_order=patch_order)
+                         patch_order=patch_order, compile=compile)
     if announce:
         info = network.info
+        precision = "int8 linear layers" if info.int8 else str(torch_dtype).removeprefix("torch.")
         print(f"BiRefNet {info.variant} from {checkpoint} on {torch_device} "
-              f"({str(torch_dtype)[6:]}), patch order {info.patch_order}", file=sys.stderr)
+              f"({precision}{', compiled' if compile else ''}), patch order "
+              f"{info.patch_order}", file=sys.stderr)
     return network
 
 
@@ -255,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         guide = read_guide(args.guide) if args.guide is not None else None
         model = open_model(args.model, device=args.device, dtype=args.dtype,
-                           patch_order=args.patch_order, models_dir=args.models_dir)
+                           patch_order=args.patch_order, models_dir=args.models_dir,
+                           compile=args.compile)
         failures = process_images(model, paths, out_dir, args.resolution, detail=args.detail,
                                   guide=guide)
     except (BiRefNetError, UsageError) as exc:

@@ -13,6 +13,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from .. import birefnet_core
+from ..birefnet_core.network.compiled import compile_state
 from ..birefnet_core.weights.loading import resolve_dtype
 from .model_files import CoreFeed, core_feed, local_path, model_choices, resolve_model
 
@@ -41,9 +42,14 @@ def _devices(choice: str) -> tuple[torch.device, torch.device]:
     return device, (torch.device("cpu") if device.type == "cpu" else offload)
 
 
-def _dtype(choice: str, device: torch.device) -> torch.dtype:
+def _dtype(choice: str, device: torch.device) -> torch.dtype | str:
     if choice == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
+    if choice == "int8":
+        if device.type != "cpu":
+            raise RuntimeError(f"{NODE}: dtype int8 runs on the CPU only, and the device is "
+                               f"{device}; choose device cpu, or fp16/bf16 on the GPU")
+        return "int8"
     return resolve_dtype(choice)
 
 
@@ -62,9 +68,10 @@ class BiRefNetLoader:
                            "official model name, downloaded into models/birefnet on first use."}),
             "device": (["auto", "cpu", "cuda", "mps"], {
                 "default": "auto", "tooltip": "auto: ComfyUI's device (GPU when there is one)."}),
-            "dtype": (["auto", "fp32", "fp16", "bf16"], {
+            "dtype": (["auto", "fp32", "fp16", "bf16", "int8"], {
                 "default": "auto", "tooltip": "auto: fp16 on CUDA, fp32 elsewhere. bf16 also "
-                                              "runs on the CPU, faster than fp32."}),
+                "runs on the CPU, faster than fp32. int8 (CPU only): the backbone's linear "
+                "layers quantised on the fly; masks differ slightly from fp32 (see README)."}),
             "patch_order": (["auto", "current", "legacy"], {
                 "default": "auto", "tooltip": "The decoder's patch order the checkpoint was "
                 "trained with: legacy for models released before November 2024 (BiRefNet, lite, "
@@ -75,6 +82,12 @@ class BiRefNetLoader:
                 "Background node feeds them (mean/std/size of its birefnet.json: 0/1 in "
                 "0.21.0, ImageNet later; ImageNet where ComfyUI has no such node), ImageNet "
                 "for the rest."}),
+        }, "optional": {
+            "compile": ("BOOLEAN", {
+                "default": False, "tooltip": "Run the backbone through torch.compile: the first "
+                "run at each new resolution compiles (minutes on a CPU), later runs may be "
+                "faster (see README). Falls back to the plain model, with a log line, where "
+                "compiling fails (e.g. no C++ compiler)."}),
         }}
 
     RETURN_TYPES = ("BIREFNET_MODEL", "STRING")
@@ -92,7 +105,7 @@ class BiRefNetLoader:
         found = local_path(model)
         return f"{found.path}:{_file_stamp(found.path)}" if found else model
 
-    def load(self, model, device, dtype, patch_order, input_normalization):
+    def load(self, model, device, dtype, patch_order, input_normalization, compile=False):
         resolved = resolve_model(model, NODE)
         load_device, offload_device = _devices(device)
         torch_dtype = _dtype(dtype, load_device)
@@ -103,24 +116,24 @@ class BiRefNetLoader:
         if normalization == "auto":
             normalization = "imagenet" if feed is None else "core"
         key = (resolved.path, _file_stamp(resolved.path), str(load_device), torch_dtype, order,
-               normalization, feed)
+               normalization, feed, bool(compile))
         patcher = _LOADED.get(key)
         if patcher is None:
             patcher = self._load(resolved, load_device, offload_device, torch_dtype, order,
-                                 normalization, feed)
+                                 normalization, feed, bool(compile))
             _LOADED[key] = patcher
         label = feed.describe() if normalization == "core" else normalization
         return patcher, describe(patcher, label)
 
     @staticmethod
     def _load(resolved, load_device, offload_device, dtype, order, normalization,
-              feed: CoreFeed | None):
+              feed: CoreFeed | None, compile_model: bool = False):
         start = time.perf_counter()
         try:
             network = birefnet_core.load_model(
                 resolved.path, device=offload_device, dtype=dtype, patch_order=order,
                 normalization="imagenet" if normalization == "core" else normalization,
-                resolution=feed.size if feed is not None else None)
+                resolution=feed.size if feed is not None else None, compile=compile_model)
         except birefnet_core.BiRefNetError as error:
             raise RuntimeError(f"{NODE}: {error}") from error
         if normalization == "core":
@@ -138,6 +151,11 @@ def describe(patcher, normalization: str) -> str:
     network = patcher.model
     info = network.info
     dtype = str(next(network.parameters()).dtype).removeprefix("torch.")
+    if info.int8:
+        dtype = "float32 with int8 linear layers"
+    compiled = compile_state(network)
+    if compiled != "off":
+        dtype += f", torch.compile {compiled}"
     height, width = info.resolution
     return (f"{os.path.basename(info.source)}: {info.variant}, patch order {network.patch_order}, "
             f"input normalisation {normalization}, {dtype} on {patcher.load_device}, "

@@ -126,3 +126,23 @@ def test_missing_checkpoint_path_exits_2(tmp_path: Path, images: dict[str, Path]
 def test_bad_resolution_is_a_usage_error(tmp_path: Path, images: dict[str, Path]) -> None:
     result = run_cli(images["rgb"], "-o", tmp_path / "out", "--resolution", "100")
     assert result.returncode == 2 and "multiples of 32" in result.stderr
+
+
+def test_int8_and_compile_options(checkpoint: Path, images: dict[str, Path],
+                                  tmp_path: Path) -> None:
+    """--dtype int8 runs and says so; --compile runs (compiled, or eager with a warning where
+    this machine cannot compile) and writes the same masks as the plain model up to rounding."""
+    plain = run_cli(images["rgb"], "-o", tmp_path / "plain", "--model", checkpoint,
+                    "--resolution", RESOLUTION, "--device", "cpu")
+    int8 = run_cli(images["rgb"], "-o", tmp_path / "int8", "--model", checkpoint,
+                   "--resolution", RESOLUTION, "--device", "cpu", "--dtype", "int8")
+    compiled = run_cli(images["rgb"], "-o", tmp_path / "compiled", "--model", checkpoint,
+                       "--resolution", RESOLUTION, "--device", "cpu", "--compile")
+    for done in (plain, int8, compiled):
+        assert done.returncode == 0, done.stderr
+    assert "int8 linear layers" in int8.stderr and "compiled" in compiled.stderr
+
+    def mask(folder: str) -> np.ndarray:
+        return np.asarray(Image.open(tmp_path / folder / "photo_mask.png"), dtype=np.int16)
+    assert np.abs(mask("compiled") - mask("plain")).max() <= 1          # 8-bit rounding
+    assert 0 < np.abs(mask("int8") - mask("plain")).max() <= 0.02 * 255 + 1  # README's bound

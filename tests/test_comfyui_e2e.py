@@ -117,7 +117,8 @@ def reference_mask(comfyui, image: Image.Image) -> np.ndarray:
 # -- tests ----------------------------------------------------------------------------------------
 NODE_INPUTS = {
     "BiRefNetLoader": {"model": "COMBO", "device": "COMBO", "dtype": "COMBO",
-                       "patch_order": "COMBO", "input_normalization": "COMBO"},
+                       "patch_order": "COMBO", "input_normalization": "COMBO",
+                       "compile": "BOOLEAN"},
     "BiRefNetSegment": {"model": "BIREFNET_MODEL", "image": "IMAGE", "resolution": "INT",
                         "batch_size": "INT", "threshold": "FLOAT", "invert": "BOOLEAN",
                         "background_color": "STRING", "refine_edges": "BOOLEAN",

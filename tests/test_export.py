@@ -203,3 +203,58 @@ def test_gpu_check_without_cuda_stops_with_a_clear_message(tmp_path):
     assert result.returncode == 2
     assert "no CUDA device" in result.stderr and "--cpu-smoke" in result.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_int8_and_compiled_models_are_refused_with_the_fix(tmp_path):
+    weights = synthetic_float_weights("pvt_v2_b0")
+    for options in ({"dtype": "int8"}, {"compile": True}):
+        model = birefnet_core.load_model(weights, **options)
+        with pytest.raises(BiRefNetError, match="without int8 and without compile"):
+            export_onnx(model, tmp_path / "m.onnx", size=(64, 64))
+    assert list(tmp_path.iterdir()) == []
+
+
+class _TwoPassSwin(torch.nn.Module):
+    """A tiny Swin run as BiRefNet runs its backbone: on the image and on its half."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from birefnet_core.network.backbones.swin import SwinTransformer
+        from birefnet_core.network.variants import SwinConfig
+        self.bb = SwinTransformer(SwinConfig(8, (2, 2, 2, 2), (1, 1, 2, 2), 7)).eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        half = torch.nn.functional.interpolate(image, scale_factor=0.5, mode="bilinear")
+        features = self.bb(image) + self.bb(half)
+        return torch.cat([f.flatten(1) for f in features], dim=1)
+
+
+def test_dynamic_swin_graphs_are_traced_where_no_stage_has_a_single_window(tmp_path):
+    """Traced at 256x256 the deepest half-size stage has one window, and the exporter fixed
+    that dimension to 1: the file failed at 512x512 and above (onnxruntime: 'broadcast 4 by
+    16'). trace_size moves the trace to where every stage has several windows; the file then
+    runs at sizes with one and with many windows."""
+    from birefnet_core.export.graph import _dynamic_shapes, trace_size
+    swin_t = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"))
+    swin_l = birefnet_core.load_model(synthetic_float_weights("swin_v1_l"))
+    assert trace_size(swin_t, (256, 256), dynamic=True) == (512, 512)
+    assert trace_size(swin_l, (256, 256), dynamic=True) == (832, 832)
+    assert trace_size(swin_t, (256, 256), dynamic=False) == (256, 256)
+    for model, traced in ((swin_t, 512), (swin_l, 832)):     # two windows a side at H/64
+        window = model.variant.backbone.window_size
+        assert -(-(traced // 64) // window) >= 2
+    module = _TwoPassSwin().eval()
+    path = tmp_path / "two_pass.onnx"
+    example = torch.rand(2, 3, *trace_size(swin_t, (256, 256), dynamic=True))
+    with torch.no_grad(), exportable_swin(module):
+        torch.onnx.export(module, (example,), None, dynamo=True, input_names=["image"],
+                          dynamic_shapes=_dynamic_shapes(True)).save(path)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in ((256, 256), (512, 512), (256, 512), (1024, 1024)):
+        x = torch.rand(1, 3, *size)
+        with torch.no_grad():
+            expected = module(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        # LayerNorm-ed features of order 1 through a few float32 layers computed by other
+        # kernels: reassociation only (~1e-6); a wrong window layout is off by order 1.
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), size

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import birefnet_core
-from birefnet_core.network.backbones.swin import window_layout, window_merge, window_partition
+from birefnet_core.network.backbones.swin import (WindowAttention, window_layout, window_merge,
+                                                  window_partition)
 from birefnet_core.network.decoder import two_convs_as_one
 from birefnet_core.network.folding import fold_batchnorm
 from tests.synthetic import parity_fixture, synthetic_float_weights
@@ -17,6 +18,7 @@ from tests.synthetic import parity_fixture, synthetic_float_weights
 # The parity acceptance bound on logits (tests/test_parity.py): folding BatchNorm and composing
 # convolutions change only float32 rounding, which stays at a few 1e-6.
 TOLERANCE = 1e-4
+EPS32 = torch.finfo(torch.float32).eps
 
 
 @pytest.mark.parametrize("name,backbone", [("swin_v1_t_192x320", "swin_v1_t"),
@@ -82,3 +84,31 @@ def test_swin_rows_of_a_batch_are_independent():
     batch = model(torch.cat([single.flip(-1), single]))
     assert np.abs(batch[1:].numpy() - fixture["logits"]).max() <= TOLERANCE
     assert not torch.allclose(batch[:1], batch[1:], atol=1e-2)
+
+
+@pytest.mark.parametrize("height,width", [(20, 33), (14, 14), (5, 3)])
+def test_seam_windows_are_the_masked_ones_and_attention_matches_the_full_mask(height, width):
+    """Shifted windows: only the last row and column of windows have mask entries, and
+    attention with the shared bias plus seam windows redone equals full-mask attention."""
+    window, shift = 7, 3
+    layout = window_layout(height, width, window, shift, torch.device("cpu"))
+    masked = layout.mask.flatten(1).ne(0).any(dim=1)
+    assert torch.equal(layout.seam_windows, masked.nonzero().flatten())
+    grid_w = -(-width // window)
+    rows, cols = layout.seam_windows // grid_w, layout.seam_windows % grid_w
+    grid_h = -(-height // window)
+    assert bool(((rows == grid_h - 1) | (cols == grid_w - 1)).all())
+    attention = WindowAttention(16, window, num_heads=2).eval()
+    with torch.no_grad():
+        attention.relative_position_bias_table.normal_()
+    n_windows = layout.mask.shape[0]
+    for batch in (1, 2):
+        x = torch.randn(batch * n_windows, window * window, 16)
+        seams = (layout.seam_windows + n_windows * torch.arange(batch)[:, None]).reshape(-1)
+        with torch.no_grad():
+            full = attention(x, layout.mask)
+            split = attention(x, layout.seam_mask.repeat(batch, 1, 1), seams)
+        # Per window the same terms reach the same kernel (a zero mask adds exactly nothing):
+        # equal here; a kernel that blocks a batch of windows differently may reorder the
+        # softmax sums, a few float32 ulps of the output's scale.
+        assert torch.allclose(split, full, rtol=0, atol=8 * EPS32 * float(full.abs().max()))

@@ -149,4 +149,4 @@ def test_bad_options_are_refused(weights):
     with pytest.raises(ValueError, match="patch_order"):
         birefnet_core.load_model(weights, patch_order="sideways")
     with pytest.raises(ValueError, match="dtype"):
-        birefnet_core.load_model(weights, dtype="int8")
+        birefnet_core.load_model(weights, dtype="int4")

@@ -217,3 +217,30 @@ def test_composite_errors_name_the_node():
         composite.composite(_images(batch=3), torch.rand(2, 45, 70), "cover", "#fff")
     with pytest.raises(ValueError, match="BiRefNetComposite: the mask is"):
         composite.composite(_images(batch=1), torch.rand(1, 40, 70), "cover", "#fff")
+
+
+def test_loader_int8_and_compile_options_reach_the_model_and_its_info(model_dirs, monkeypatch):
+    """int8 loads under ComfyUI's model management (its memory accounting reads every state
+    entry) and segments; a compile that fails falls back and says so in the info line."""
+    options = dict(LOADER_DEFAULTS, dtype="int8")
+    patcher, info = nodes.BiRefNetLoader().load("synthetic.safetensors", **options)
+    assert patcher.model.info.int8 and "int8 linear layers" in info
+    mm.load_models_gpu([patcher])
+    mask, *_ = nodes.BiRefNetSegment().segment(patcher, _images(), 64, 2, 0.0, False, "#fff")
+    plain, _ = nodes.BiRefNetLoader().load("synthetic.safetensors", **LOADER_DEFAULTS)
+    exact, *_ = nodes.BiRefNetSegment().segment(plain, _images(), 64, 2, 0.0, False, "#fff")
+    assert 0 < float((mask - exact).abs().max()) <= 0.02        # README's int8 mask bound
+    with pytest.raises(RuntimeError, match="BiRefNetLoader: dtype int8 runs on the CPU only"):
+        nodes.BiRefNetLoader().load("synthetic.safetensors", **dict(options, device="meta"))
+
+    def failing_compile(function, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+    monkeypatch.setattr(core.network.compiled.torch, "compile", failing_compile)
+    compiled, info = nodes.BiRefNetLoader().load("synthetic.safetensors", **LOADER_DEFAULTS,
+                                                 compile=True)
+    assert compiled is not plain and "torch.compile on" in info
+    fallback, *_ = nodes.BiRefNetSegment().segment(compiled, _images(), 64, 2, 0.0, False, "#fff")
+    assert torch.equal(fallback, exact)
+    assert "fell back to eager" in core.network.compiled.compile_state(compiled.model)

@@ -300,7 +300,7 @@ def test_workflow_round_trip(page, console_messages, input_image):
     redraw(page)
     saved = page.evaluate(SAVED_VALUES, ids["loader"])
     assert saved["values"] == saved["expected"] == [CHECKPOINT_NAME, "cpu", "fp32", "auto",
-                                                    "auto"]
+                                                    "auto", False]
     before = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     workflow = page.evaluate("() => window.app.graph.serialize()")
     page.evaluate("() => window.app.graph.clear()")

@@ -22,7 +22,7 @@ def _node(class_type: str, title: str, **inputs) -> dict:
 
 def _loader(model: str = MODEL) -> dict:
     return _node("BiRefNetLoader", "BiRefNet Loader", model=model, device="auto", dtype="auto",
-                 patch_order="auto", input_normalization="auto")
+                 patch_order="auto", input_normalization="auto", compile=False)
 
 
 def _segment(model: list, image: list, **options) -> dict:

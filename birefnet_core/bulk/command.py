@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch threads of each CPU actor (default: the CPUs / actors)")
     parser.add_argument("--num-cpus", type=_positive, metavar="N",
                         help="CPUs a local Ray may use (default: all)")
-    parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
+    parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES, "int8"), default="auto",
                         help="auto: fp16 on GPUs, fp32 on CPUs")
     parser.add_argument("--models-dir", metavar="DIR",
                         help=f"where named models are kept (default: $BIREFNET_MODELS_DIR or "

@@ -93,6 +93,22 @@ def _dynamic_shapes(dynamic: bool) -> dict:
     return {"image": {0: batch, 2: 32 * rows, 3: 32 * cols}}
 
 
+def trace_size(model: BiRefNet, size: tuple[int, int], dynamic: bool) -> tuple[int, int]:
+    """The size a graph is traced at. A dynamic graph must not see any size-1 dimension while
+    tracing: the exporter fixes such a dimension to 1 (it cannot tell it from a broadcast), and
+    a Swin stage with one window at the trace size then fails at every size with more (traced
+    at 256x256, Swin-T's deepest half-size stage has one 7x7 window; at 512 it has four). So
+    dynamic Swin graphs are traced where the half-size pass's deepest map (H/64) holds at least
+    two windows per side, and every dynamic graph at 512 or more."""
+    if not dynamic:
+        return size
+    least = 512
+    window = getattr(model.variant.backbone, "window_size", None)
+    if window is not None:
+        least = max(least, -(-64 * (window + 1) // 32) * 32)
+    return tuple(max(side, least) for side in size)
+
+
 def check_export_options(size: tuple[int, int], opset: int, dtype: str) -> None:
     if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
         raise ExportError(f"size must be two positive multiples of 32, got {size}")
@@ -132,6 +148,9 @@ def export_onnx(model: BiRefNet, path: str | os.PathLike, *, dtype: str = "fp32"
     if not hasattr(model, "info"):
         raise ExportError("export a model loaded with birefnet_core.load_model (it carries "
                           "the normalisation and patch order the file must record)")
+    if model.info.int8 or "forward" in model.bb.__dict__:
+        raise ExportError("export a model loaded without int8 and without compile (the file "
+                          "holds the plain float32 network; choose --dtype for the graph)")
     size = tuple(size) if size is not None else tuple(model.info.resolution)
     check_export_options(size, opset, dtype)
     target = Path(path)
@@ -143,7 +162,8 @@ def export_onnx(model: BiRefNet, path: str | os.PathLike, *, dtype: str = "fp32"
                             sigmoid).eval()
     metadata = export_metadata(model, dtype=dtype, dynamic=dynamic, size=size,
                                sigmoid=sigmoid, opset=opset)
-    example = torch.rand(2, 3, *size)      # batch 2: a batch of 1 would be traced as fixed
+    # Batch 2 and a size without single windows: a dimension of 1 would be traced as fixed.
+    example = torch.rand(2, 3, *trace_size(model, size, dynamic))
     started = time.perf_counter()
     try:
         with torch.no_grad(), exportable_swin(network), _quiet_exporter(verbose):

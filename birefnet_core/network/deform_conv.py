@@ -1,8 +1,9 @@
 """Modulated deformable convolution (DCNv2) in plain PyTorch.
 
 ``deform_conv2d`` computes what ``torchvision.ops.deform_conv2d`` computes (bilinear sampling
-with zeros outside the image, one offset group) using only indexing and a matrix product, so it
-runs in float32, bfloat16 and float16 on any device and needs no compiled extension.
+with zeros outside the image, one offset group) using only a weighted gather (``embedding_bag``)
+and a matrix product, so it runs in float32, bfloat16 and float16 on any device and needs no
+compiled extension.
 
 Layout: the input is read channels-last; the samples of all taps for a block of output pixels
 form one matrix that a single matrix product turns into outputs (im2col with bilinear
@@ -102,34 +103,38 @@ def _padded_rows(x: torch.Tensor) -> torch.Tensor:
 
 def _corner_plan(pos_y: torch.Tensor, pos_x: torch.Tensor, modulation: torch.Tensor | None,
                  image_start: torch.Tensor, height: int, width: int, dtype: torch.dtype):
-    """For (n, K) sampling positions: the padded-row index of each top-left corner (n, K) and
-    the four corner weights (4, n, K), zero for points outside the image (torchvision's rule:
-    y <= -1, y >= H, x <= -1 or x >= W sample zero; corners past the edge land on the zero
-    border). The modulation is folded into the weights."""
+    """For (n, K) sampling positions: the padded-row index of each point's four corners
+    (n, K, 4: top-left, top-right, bottom-left, bottom-right) and their bilinear weights
+    (n, K, 4), zero for points outside the image (torchvision's rule: y <= -1, y >= H,
+    x <= -1 or x >= W sample zero; corners past the edge land on the zero border). The
+    modulation is folded into the weights."""
     y0, x0 = torch.floor(pos_y), torch.floor(pos_x)
     fy, fx = pos_y - y0, pos_x - x0
     valid = (y0 >= -1) & (y0 <= height - 1) & (x0 >= -1) & (x0 <= width - 1)
     scale = valid.to(fy.dtype) if modulation is None else modulation * valid
     top_left = image_start + ((y0.clamp(-1, height - 1) + 1) * (width + 2)
                               + (x0.clamp(-1, width - 1) + 1)).long()
+    corner_step = torch.tensor((0, 1, width + 2, width + 3), device=top_left.device)
+    corners = top_left.unsqueeze(-1) + corner_step                          # (n, K, 4)
     gy, gx = (1 - fy) * scale, fy * scale
-    weights = torch.stack((gy * (1 - fx), gy * fx, gx * (1 - fx), gx * fx)).to(dtype)
-    return top_left, weights
+    weights = torch.stack((gy * (1 - fx), gy * fx, gx * (1 - fx), gx * fx), dim=-1)
+    return corners, weights.to(dtype)
 
 
-def _sample_columns(rows: torch.Tensor, top_left: torch.Tensor, weights: torch.Tensor,
-                    width: int) -> torch.Tensor:
-    """Bilinear samples (n, K*C) of the padded rows: the four corners, weighted and summed."""
-    n, taps = top_left.shape
-    columns = None
-    for corner, offset in enumerate((0, 1, width + 2, width + 3)):
-        samples = rows.index_select(0, (top_left + offset).reshape(-1)).view(n, taps, -1)
-        weight = weights[corner].unsqueeze(-1)
-        if columns is None:
-            columns = samples.mul_(weight)
-        else:
-            columns.addcmul_(samples, weight)
-    return columns.view(n, -1)
+def _sample_columns(rows: torch.Tensor, corners: torch.Tensor,
+                    weights: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (n, K*C) of the padded rows: per point, the weighted sum of its four
+    corner rows. ``embedding_bag`` gathers and sums in one pass (one write of the columns,
+    accumulating in float32), where separate gathers and multiply-adds took five passes and
+    cost as much as the matrix product itself in bfloat16."""
+    n, taps, _ = corners.shape
+    if rows.device.type in ("cpu", "cuda"):
+        samples = F.embedding_bag(corners.reshape(-1, 4), rows, mode="sum",
+                                  per_sample_weights=weights.reshape(-1, 4))
+    else:           # devices without a weighted embedding_bag (MPS): gather, weight, sum
+        gathered = rows.index_select(0, corners.reshape(-1)).view(n * taps, 4, -1)
+        samples = (gathered * weights.reshape(-1, 4, 1)).sum(dim=1)
+    return samples.view(n, taps * rows.shape[1])
 
 
 def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
@@ -157,6 +162,17 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
         batch, _, out_h, out_w = out.shape                   # (B*Ho*Wo, O) rows -> (n, P)
         rows = epilogue(out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]))
         return rows.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)
+    return _deform_conv2d_blocked(x, offset, weight, bias, stride, padding, dilation, mask,
+                                  epilogue)
+
+
+@torch.compiler.disable          # compiled models run this loop eagerly: see network/compiled.py
+def _deform_conv2d_blocked(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                           bias: torch.Tensor | None, stride: int, padding: int, dilation: int,
+                           mask: torch.Tensor | None,
+                           epilogue: Callable[[torch.Tensor], torch.Tensor] | None
+                           ) -> torch.Tensor:
+    """``deform_conv2d`` block by block (its docstring has the contract)."""
     batch, channels, height, width = x.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
     out_h, out_w = offset.shape[-2:]
@@ -176,12 +192,12 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
         t is not None and t.requires_grad for t in (x, offset, weight, bias, mask)))
     for plan_start in range(0, total, plan_rows):
         part = slice(plan_start, min(plan_start + plan_rows, total))
-        top_left, weights = _corner_plan(
+        corners, weights = _corner_plan(
             pos_y[part], pos_x[part], None if modulation is None else modulation[part],
             image_start[part, None], height, width, x.dtype)
-        for start in range(0, top_left.shape[0], block):
-            stop = min(start + block, top_left.shape[0])
-            columns = _sample_columns(rows, top_left[start:stop], weights[:, start:stop], width)
+        for start in range(0, corners.shape[0], block):
+            stop = min(start + block, corners.shape[0])
+            columns = _sample_columns(rows, corners[start:stop], weights[start:stop])
             target = slice(plan_start + start, plan_start + stop)
             if direct and epilogue is None:   # straight into the output, no copy (autograd
                 if bias is None:              # forbids this while it records)

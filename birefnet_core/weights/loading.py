@@ -9,7 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import CheckpointError
+from ..network.compiled import compile_model
+from ..network.cpu_kernels import pack_cpu_kernels
 from ..network.folding import fold_batchnorm
+from ..network.int8 import quantize_linears_int8
 from ..network.model import BiRefNet
 from .checkpoint import cast_floats, check_state_dict, read_checkpoint, remap_state_dict
 from .detect import detect_variant
@@ -38,6 +41,7 @@ class ModelInfo:
     std: tuple[float, ...]
     source: str                        # file path, or "<state dict>"
     known_model: str | None = None     # name in KNOWN_MODELS when recognised
+    int8: bool = False                 # the backbone's linear layers are dynamic int8
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -61,16 +65,24 @@ def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
 def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
                patch_order: str = "auto", normalization: str = "imagenet",
-               resolution: int | tuple[int, int] | None = None, fuse: bool = True) -> BiRefNet:
+               resolution: int | tuple[int, int] | None = None, fuse: bool = True,
+               compile: bool = False) -> BiRefNet:
     """Build BiRefNet for a checkpoint and load it strictly.
 
     source: a ``.safetensors``/``.pth``/``.pt``/``.bin`` path or a state dict (official keys,
     optionally under ``module.``/``_orig_mod.`` prefixes). patch_order: "auto" (by what is known
     of the file, else "current"), "current" or "legacy". normalization: a key of
     NORMALIZATIONS. resolution: the default working size for ``predict`` (else the known
-    model's, else 1024x1024). Returns an eval-mode model without gradients; ``model.info``
-    (ModelInfo) says how it must be fed.
+    model's, else 1024x1024). dtype: float32/fp32, float16/fp16, bfloat16/bf16, or "int8"
+    (CPU only: float32 with the backbone's linear layers dynamically quantised). compile:
+    run the forward through torch.compile (network/compiled.py: falls back to eager with a
+    log line where compiling fails). Returns an eval-mode model without gradients;
+    ``model.info`` (ModelInfo) says how it must be fed.
     """
+    int8 = isinstance(dtype, str) and dtype.lower() == "int8"
+    if int8 and torch.device(device).type != "cpu":
+        raise ValueError(f"dtype int8 runs on the CPU only, not on {device}; use fp16 or bf16")
+    torch_dtype = torch.float32 if int8 else resolve_dtype(dtype)
     if isinstance(source, Mapping):
         state, identifier, label = dict(source), None, "<state dict>"
     else:
@@ -95,7 +107,13 @@ def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
     if fuse:
         fold_batchnorm(model)
         model.to(memory_format=torch.channels_last)
-    model.to(device=torch.device(device), dtype=resolve_dtype(dtype))
+    model.to(device=torch.device(device), dtype=torch_dtype)
+    if int8:
+        quantize_linears_int8(model)
+    if fuse:
+        pack_cpu_kernels(model)
+    if compile:
+        compile_model(model)
     known = find_known_model(identifier)
     if resolution is None:
         size = known.resolution if known is not None else (1024, 1024)
@@ -104,7 +122,7 @@ def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
     mean, std = NORMALIZATIONS[normalization]
     model.info = ModelInfo(variant=variant.backbone_name, patch_order=order,
                            resolution=tuple(size), mean=mean, std=std, source=label,
-                           known_model=known.name if known is not None else None)
+                           known_model=known.name if known is not None else None, int8=int8)
     logger.info("loaded BiRefNet %s from %s (patch order %s, %s, %s)", variant.backbone_name,
                 label, order, model.info.resolution, normalization)
     return model

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..cpu_kernels import PackedMlp
 from ..variants import SwinConfig
 
 _MASKED = -1.0e4
@@ -67,12 +68,15 @@ class WindowLayout:
     Padding to window multiples, the cyclic shift and the window partition together are one
     gather (``gather``: slot -> token) followed by zeroing the padding slots (``pad_slots``);
     their inverse is one more gather (``scatter``: token -> slot). ``mask`` is the
-    shifted-window mask.
+    shifted-window mask; only the windows along the shift's seams (the last row and column
+    of windows) have any non-zero entry: ``seam_windows`` and ``seam_mask`` are those.
     """
     gather: torch.Tensor              # (nW * N,) long
     pad_slots: torch.Tensor           # (P,) long, slots that hold padding
     scatter: torch.Tensor             # (H * W,) long
     mask: torch.Tensor | None         # (nW, N, N) or None without shift
+    seam_windows: torch.Tensor | None = None   # (nS,) long
+    seam_mask: torch.Tensor | None = None      # (nS, N, N)
 
 
 @lru_cache(maxsize=64)
@@ -89,7 +93,9 @@ def window_layout(height: int, width: int, window: int, shift: int,
     scatter = torch.empty(height * width, dtype=torch.long, device=device)
     scatter[gather[real]] = slots[real]
     mask = shifted_window_mask(padded_h, padded_w, window, shift, device) if shift else None
-    return WindowLayout(gather.masked_fill(~real, 0), slots[~real], scatter, mask)
+    seams = None if mask is None else mask.flatten(1).ne(0).any(dim=1).nonzero().flatten()
+    return WindowLayout(gather.masked_fill(~real, 0), slots[~real], scatter, mask, seams,
+                        None if mask is None else mask[seams])
 
 
 class Mlp(nn.Module):
@@ -98,8 +104,13 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
+        # fc1 with GELU inside and fc2 as prepacked oneDNN kernels (set by pack_cpu_kernels);
+        # used only while they still match fc1/fc2's weights, dtype and device.
+        self.packed: PackedMlp | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and self.packed.usable(x, self.fc1.weight, self.fc2.weight):
+            return self.packed(x)
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -121,16 +132,29 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return table.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B * nW, N, C); mask: (nW, N, N) additive or None."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                seam_windows: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B * nW, N, C); mask: additive, (nW, N, N) for every window, or with
+        ``seam_windows`` (nS,) (indices into B * nW) (nS, N, N) for those windows only, the
+        rest having none; or None."""
         windows, tokens, channels = x.shape
         qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, channels // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                    # (B*nW, h, N, d)
         bias = self.position_bias().to(q.dtype)                           # (1, h, N, N)
-        if mask is not None:                                              # (B*nW, h, N, N)
+        if mask is not None and seam_windows is None:                     # (B*nW, h, N, N)
             n_windows = mask.shape[0]
-            bias = (bias + mask.to(q.dtype).unsqueeze(1)).repeat(windows // n_windows, 1, 1, 1)
+            bias = bias + mask.to(q.dtype).unsqueeze(1)                   # (nW, h, N, N)
+            if windows != n_windows:                                      # a batch of images
+                bias = bias.repeat(windows // n_windows, 1, 1, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if seam_windows is not None:
+            # Windows off the seams have a zero mask: the shared bias alone was exact there;
+            # the seam windows (a row and a column of windows) are computed again with theirs.
+            seam_bias = bias + mask.to(q.dtype).unsqueeze(1)              # (nS, h, N, N)
+            seams = F.scaled_dot_product_attention(
+                q.index_select(0, seam_windows), k.index_select(0, seam_windows),
+                v.index_select(0, seam_windows), attn_mask=seam_bias)
+            out = out.index_copy(0, seam_windows, seams)
         return self.proj(out.transpose(1, 2).reshape(windows, tokens, channels))
 
 
@@ -149,18 +173,45 @@ class SwinBlock(nn.Module):
         shortcut = x
         x = self.norm1(x)
         gather, pad_slots, scatter = layout.gather, layout.pad_slots, layout.scatter
+        seams, seam_mask = layout.seam_windows, layout.seam_mask
         if batch > 1:                                     # one index over the whole batch
             images = torch.arange(batch, device=x.device)[:, None]
             slots = layout.gather.numel()
             gather = (gather + tokens * images).reshape(-1)
             pad_slots = (pad_slots + slots * images).reshape(-1)
             scatter = (scatter + slots * images).reshape(-1)
+            if seams is not None:
+                seams = (seams + (slots // self.window ** 2) * images).reshape(-1)
+                seam_mask = seam_mask.repeat(batch, 1, 1)
         windows = x.reshape(-1, channels).index_select(0, gather)
         if pad_slots.numel():                             # padding tokens are zero vectors
             windows.index_fill_(0, pad_slots, 0.0)
-        windows = self.attn(windows.view(-1, self.window ** 2, channels), layout.mask)
+        windows = self.attn(windows.view(-1, self.window ** 2, channels), seam_mask, seams)
         x = windows.reshape(-1, channels).index_select(0, scatter).view(batch, tokens, channels)
         x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+    def forward_padded(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The same function written for tracing at any (symbolic) size: zero padding to window
+        multiples, ``roll``, window partition, attention, the inverse steps and a crop, where
+        ``forward`` uses one precomputed gather per size (a table a traced graph cannot hold).
+        Padding slots are zero vectors after ``norm1`` in both."""
+        batch, tokens, channels = x.shape
+        window, shift = self.window, self.shift
+        shortcut = x
+        x = self.norm1(x).view(batch, height, width, channels)
+        pad_h, pad_w = -height % window, -width % window
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))                          # (B, Hp, Wp, C)
+        padded_h, padded_w = height + pad_h, width + pad_w
+        mask = None
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+            mask = shifted_window_mask(padded_h, padded_w, window, shift, x.device)
+        windows = self.attn(window_partition(x, window), mask)            # (B*nW, N, C)
+        x = window_merge(windows, window, padded_h, padded_w)             # (B, Hp, Wp, C)
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        x = shortcut + x[:, :height, :width].reshape(batch, tokens, channels)
         return x + self.mlp(self.norm2(x))
 
 
@@ -192,10 +243,21 @@ class SwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor, height: int, width: int):
         """Returns the stage output (B, H*W, C) and the next stage's input and size."""
+        if torch.compiler.is_compiling():        # torch.compile: the traceable window form
+            return self.forward_padded(x, height, width)
         layouts = [window_layout(height, width, self.window, shift, x.device)
                    for shift in (0, self.window // 2)]
         for block in self.blocks:
             x = block(x, layouts[1 if block.shift else 0])
+        return self._downsample(x, height, width)
+
+    def forward_padded(self, x: torch.Tensor, height: int, width: int):
+        """``forward`` with every block's ``forward_padded`` (for traced graphs)."""
+        for block in self.blocks:
+            x = block.forward_padded(x, height, width)
+        return self._downsample(x, height, width)
+
+    def _downsample(self, x: torch.Tensor, height: int, width: int):
         if self.downsample is None:
             return x, x, height, width
         return x, self.downsample(x, height, width), (height + 1) // 2, (width + 1) // 2
