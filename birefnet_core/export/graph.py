@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import BiRefNetError
+from ..network.compiled import compile_state
 from ..network.model import BiRefNet
 from .swin_windows import exportable_swin
 
@@ -148,7 +149,7 @@ def export_onnx(model: BiRefNet, path: str | os.PathLike, *, dtype: str = "fp32"
     if not hasattr(model, "info"):
         raise ExportError("export a model loaded with birefnet_core.load_model (it carries "
                           "the normalisation and patch order the file must record)")
-    if model.info.int8 or "forward" in model.bb.__dict__:
+    if model.info.int8 or compile_state(model) != "off":
         raise ExportError("export a model loaded without int8 and without compile (the file "
                           "holds the plain float32 network; choose --dtype for the graph)")
     size = tuple(size) if size is not None else tuple(model.info.resolution)

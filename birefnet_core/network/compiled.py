@@ -18,7 +18,6 @@ detail path's tiles share one size, Segment's sizes vary with its resolution.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import torch
@@ -34,8 +33,6 @@ class SafeCompiledForward:
                  mode: str | None = None) -> None:
         self.eager = eager
         self.failed: str | None = None          # why compiling was given up, once it was
-        self.calls = 0
-        self.first_call_s: float | None = None
         device = next(module.parameters()).device
         options = {"freezing": True} if device.type == "cpu" else None
         self.compiled = torch.compile(eager, mode=mode, dynamic=False, options=options)
@@ -43,9 +40,8 @@ class SafeCompiledForward:
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.failed is not None:
             return self.eager(*args, **kwargs)
-        started = time.perf_counter()
         try:
-            out = self.compiled(*args, **kwargs)
+            return self.compiled(*args, **kwargs)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
@@ -54,10 +50,6 @@ class SafeCompiledForward:
             logger.warning("BiRefNet: torch.compile failed, running eagerly from now on (%s)",
                            self.failed)
             return out
-        if self.calls == 0:
-            self.first_call_s = time.perf_counter() - started
-        self.calls += 1
-        return out
 
 
 def compile_model(model: nn.Module, *, mode: str | None = None) -> nn.Module:
