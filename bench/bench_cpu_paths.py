@@ -1,45 +1,80 @@
-"""A/B of the CPU paths inside one process: packed Swin MLP kernels on and off, and the
-shifted-window seam masks against the full per-window mask. Configurations take turns on the
-same loaded model, so other load hits both alike; prints the times of every run.
+"""A/B of the CPU paths inside one process: packed oneDNN kernels, Swin blocks in chunks of
+rows, bfloat16 window attention as separate products. Configurations take turns on the same
+loaded model, so other load hits both alike; prints the times of every run. ``--kernels``
+instead times F.linear against the packed kernel at BiRefNet's linear shapes.
 
-    python bench/bench_cpu_paths.py --variant swin_v1_t --dtype fp32 --runs 3
-    python bench/bench_cpu_paths.py --variant swin_v1_l --dtype bf16 --runs 2 --switch seams
+    python bench/bench_cpu_paths.py --variant swin_v1_t --dtype fp32 --runs 3 --switch packed
+    python bench/bench_cpu_paths.py --variant swin_v1_l --dtype bf16 --runs 2 --switch attention
+    python bench/bench_cpu_paths.py --kernels --dtype bf16
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import birefnet_core
+from birefnet_core.network import cpu_kernels
 from birefnet_core.network.backbones import swin
 from tests.synthetic import synthetic_float_weights
+
+# (rows, in, out, activation): Swin-T at 1024² (a 4096-row chunk and whole stages), Swin-L,
+# the deformable 7x7 branch's kernel and its projection.
+KERNEL_SHAPES = ((65536, 96, 288, None), (4067, 96, 288, None), (4067, 96, 384, "gelu"),
+                 (16384, 192, 576, None), (16384, 384, 192, None), (4096, 1536, 384, None),
+                 (4032, 192, 576, None), (4096, 768, 2304, None), (334, 3136, 256, "relu"),
+                 (334, 256, 64, None))
 
 
 def _switches(model) -> dict:
     """name -> (turn on, turn off) for each path that can be switched in place."""
-    mlps = [m for m in model.modules() if isinstance(m, swin.Mlp)]
-    packed = [m.packed for m in mlps]
-    cached_layout = swin.window_layout
+    packed = [m for m in model.modules() if hasattr(m, "pack_cpu_kernels")]
+    kernels = [m.packed for m in packed]
+    fused_attention = swin.window_attention
 
-    def full_mask_layout(*args):
-        layout = cached_layout(*args)
-        return dataclasses.replace(layout, seam_windows=None, seam_mask=layout.mask)
+    def sdpa(q, k, v, bias):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
-    def set_layout(function):
-        swin.window_layout = function
+    def set_attention(function):
+        swin.window_attention = function
+
+    def set_chunk_rows(rows):
+        swin.CPU_CHUNK_ROWS = rows
     return {
-        "packed_mlp": (lambda: [setattr(m, "packed", p) for m, p in zip(mlps, packed)],
-                       lambda: [setattr(m, "packed", None) for m in mlps]),
-        "seams": (lambda: set_layout(cached_layout), lambda: set_layout(full_mask_layout)),
+        "packed": (lambda: [setattr(m, "packed", p) for m, p in zip(packed, kernels)],
+                   lambda: [setattr(m, "packed", None) for m in packed]),
+        "chunks": (lambda: set_chunk_rows(4096), lambda: set_chunk_rows(None)),
+        "attention": (lambda: set_attention(fused_attention), lambda: set_attention(sdpa)),
     }
+
+
+def time_kernels(dtype: torch.dtype, repeats: int = 5) -> None:
+    """GFLOP/s of F.linear (+ activation) and of the packed kernel, best of ``repeats``."""
+    def best(function) -> float:
+        function()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+        return min(times)
+    for rows, k, n, activation in KERNEL_SHAPES:
+        x, layer = torch.randn(rows, k, dtype=dtype), torch.nn.Linear(k, n).to(dtype)
+        packed = cpu_kernels.PackedLinear(layer.weight, layer.bias, (layer.weight,))
+        act = cpu_kernels.ACTIVATIONS[activation]
+        gflop = 2 * rows * k * n / 1e9
+        with torch.inference_mode():
+            plain = gflop / best(lambda: act(layer(x)))
+            fast = gflop / best(lambda: packed(x, activation))
+        print(f"{rows}x{k}->{n} {activation or ''}: F.linear {plain:.0f}, packed {fast:.0f} "
+              f"GFLOP/s")
 
 
 def main(argv=None) -> int:
@@ -48,14 +83,21 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--switch", choices=("packed_mlp", "seams"), default="packed_mlp")
+    parser.add_argument("--switch", choices=("packed", "chunks", "attention"), default="packed")
+    parser.add_argument("--kernels", action="store_true",
+                        help="time F.linear against the packed kernel at BiRefNet's shapes")
     args = parser.parse_args(argv)
+    if args.kernels:
+        time_kernels(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+        return 0
     model = birefnet_core.load_model(synthetic_float_weights(args.variant), dtype=args.dtype)
     x = torch.randn(1, 3, args.size, args.size).to(next(model.parameters()).dtype)
     turn_on, turn_off = _switches(model)[args.switch]
     times: dict[str, list[float]] = {"on": [], "off": []}
     with torch.inference_mode():
-        model(x)                                                         # warm-up
+        for switch in (turn_off, turn_on):                               # warm-up, both
+            switch()
+            model(x)
         for _ in range(args.runs):
             for state, switch in (("on", turn_on), ("off", turn_off)):
                 switch()

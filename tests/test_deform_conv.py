@@ -103,3 +103,19 @@ def test_block_size_does_not_change_the_result(monkeypatch):
     monkeypatch.setattr(module, "_COLUMN_BYTES", 1)            # 64-pixel blocks
     assert torch.allclose(deform_conv2d(x, offset, weight, bias, padding=3, mask=mask), whole,
                           atol=1e-6)
+
+
+def test_row_indices_past_float32_exact_integers_stay_exact():
+    """Past 2**24 padded pixels an image's row index no longer fits float32 exactly: the
+    corner plan then builds indices in integers. A 1-channel 4100x4100 image with 1x1 taps
+    shifted by offsets: every output must equal torchvision's, far corner included."""
+    gen = torch.Generator().manual_seed(3)
+    size = 4100
+    x = torch.randn(1, 1, size, size, generator=gen)
+    offset = torch.rand(1, 2, size, size, generator=gen) * 2 - 1      # within one pixel
+    weight = torch.ones(1, 1, 1, 1)
+    expected = torchvision_ops.deform_conv2d(x, offset, weight)
+    got = deform_conv2d(x, offset, weight)
+    # one bilinear interpolation of O(1) values in float32: a few ulps; a row off by one
+    # (the failure this guards against) changes outputs by O(1)
+    assert (got - expected).abs().max() <= 1e-5

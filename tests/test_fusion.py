@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import birefnet_core
-from birefnet_core.network.backbones.swin import (WindowAttention, window_layout, window_merge,
-                                                  window_partition)
+from birefnet_core.network.backbones.swin import (SwinBlock, WindowAttention, window_chunks,
+                                                  window_layout, window_merge, window_partition)
 from birefnet_core.network.decoder import two_convs_as_one
 from birefnet_core.network.folding import fold_batchnorm
 from tests.synthetic import parity_fixture, synthetic_float_weights
@@ -69,7 +69,10 @@ def test_window_layout_is_pad_roll_partition_and_its_inverse(height, width, shif
     gathered = tokens.reshape(-1, 4).index_select(0, layout.gather)
     gathered[layout.pad_slots] = 0
     assert torch.equal(gathered, expected)
-    back = expected.index_select(0, layout.scatter)
+    real = torch.ones(layout.gather.numel(), dtype=torch.bool)
+    real[layout.pad_slots] = False
+    back = torch.full((height * width, 4), float("nan")).index_copy(
+        0, layout.gather[real], expected[real])              # every token written exactly once
     assert torch.equal(back, tokens.reshape(-1, 4))
     merged = window_merge(expected.view(-1, window * window, 4), window, padded_h, padded_w)
     assert merged.shape == reference.shape
@@ -112,3 +115,49 @@ def test_seam_windows_are_the_masked_ones_and_attention_matches_the_full_mask(he
         # equal here; a kernel that blocks a batch of windows differently may reorder the
         # softmax sums, a few float32 ulps of the output's scale.
         assert torch.allclose(split, full, rtol=0, atol=8 * EPS32 * float(full.abs().max()))
+
+
+def _random_block(shift: int) -> SwinBlock:
+    torch.manual_seed(shift)
+    block = SwinBlock(16, num_heads=2, window=7, shift=shift, mlp_ratio=2.0).eval()
+    with torch.no_grad():
+        block.attn.relative_position_bias_table.normal_()
+        for norm in (block.norm1, block.norm2):
+            norm.weight.normal_(1, 0.2)
+            norm.bias.normal_(0, 0.2)
+    return block
+
+
+@pytest.mark.parametrize("height,width,batch", [(20, 33, 2), (14, 14, 1), (5, 3, 3)])
+@pytest.mark.parametrize("shift", [0, 3])
+@pytest.mark.parametrize("rows", [49, 150, None])
+def test_swin_block_in_chunks_equals_pad_roll_partition_form(height, width, batch, shift, rows):
+    """The CPU path (windows a chunk at a time, MLP a chunk of rows at a time, padding and seams
+    per chunk, a batch as one index) computes the plain padded-window block."""
+    block = _random_block(shift)
+    x = torch.randn(batch, height * width, 16)
+    chunks = window_chunks(height, width, 7, shift, x.device, batch, rows)
+    windows = batch * -(-height // 7) * -(-width // 7)
+    assert len(chunks) == (1 if rows is None else -(-windows // max(1, rows // 49)))
+    with torch.no_grad():
+        chunked = block(x, chunks, rows)
+        reference = block.forward_padded(x, height, width)
+    # The same terms per window and token; kernels that block a batch of windows differently
+    # may reorder the softmax and product sums: a few float32 ulps of the output's scale.
+    assert torch.allclose(chunked, reference, rtol=0, atol=16 * EPS32 * float(reference.abs().max()))
+
+
+def test_swin_block_in_chunks_trains_like_the_plain_form():
+    block = _random_block(3).train()
+    x = torch.randn(2, 20 * 33, 16, requires_grad=True)
+    chunks = window_chunks(20, 33, 7, 3, x.device, 2, 100)
+    block(x, chunks, 100).square().sum().backward()
+    chunked = x.grad.clone(), block.mlp.fc1.weight.grad.clone()
+    x.grad = None
+    block.zero_grad()
+    block.forward_padded(x, 20, 33).square().sum().backward()
+    # Forward values agree to a few float32 ulps (the test above); backward through LayerNorm,
+    # softmax and GELU scales those by at most the gradients' own magnitude, so 1e-4 of it
+    # leaves room, while a lost window or an overwritten chunk moves gradients at O(1).
+    for got, expected in zip(chunked, (x.grad, block.mlp.fc1.weight.grad)):
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -1,4 +1,4 @@
-"""The CPU speed options: packed Swin MLP kernels, torch.compile with its fallback, int8 linears."""
+"""The CPU speed options: packed oneDNN kernels, torch.compile with its fallback, int8 linears."""
 from __future__ import annotations
 
 import copy
@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import birefnet_core
 from birefnet_core.network import compiled as compiled_module
-from birefnet_core.network.backbones.swin import Mlp
+from birefnet_core.network.blocks import ASPPDeformable
 from birefnet_core.network.compiled import compile_state
-from birefnet_core.network.cpu_kernels import onednn_linear_available, pack_cpu_kernels
+from birefnet_core.network.cpu_kernels import (ACTIVATIONS, FastLinear, onednn_linear_available,
+                                               pack_cpu_kernels)
 from birefnet_core.network.int8 import Int8Linear
 from tests.synthetic import parity_fixture, synthetic_float_weights
 from tests.test_parity import TOLERANCE
@@ -33,50 +35,96 @@ def _official_difference(model, name: str) -> float:
     return float(np.abs(logits.numpy() - fixture["logits"]).max())
 
 
-# ------------------------------------------------------------------ packed MLP kernels (oneDNN)
+# ------------------------------------------------------------------ packed oneDNN kernels
 
 needs_onednn = pytest.mark.skipif(not onednn_linear_available(torch.float32),
                                   reason="this PyTorch build has no oneDNN packed linear")
 
 
-@needs_onednn
-def test_swin_models_get_packed_mlps_that_compute_the_plain_mlp():
-    model = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"))
-    mlps = [m for m in model.modules() if isinstance(m, Mlp)]
-    assert mlps and all(m.packed is not None for m in mlps)
-    mlp = mlps[0]
-    x = torch.randn(2, 300, mlp.fc1.in_features)
-    with torch.inference_mode():
-        packed = mlp(x)
-        plain = mlp.fc2(mlp.act(mlp.fc1(x)))
-    # Two float32 products of the same terms in different orders, and GELU to ~1 ulp: each
-    # output differs by a few eps times the sum of |terms| through both layers.
-    hidden = (x.abs() @ mlp.fc1.weight.abs().t() + mlp.fc1.bias.abs())
-    scale = hidden @ mlp.fc2.weight.abs().t() + mlp.fc2.bias.abs()
-    assert ((packed - plain).abs() <= 8 * EPS32 * scale + 1e-7).all()
+def _product_bound(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   eps: float) -> torch.Tensor:
+    """Two products of the same terms summed in different orders differ by at most about
+    K * eps times the sum of |terms|; the kernels block K, so a few eps of it is the bound
+    (with float32 sums in bfloat16 the output's own rounding, eps of |y|, dominates)."""
+    scale = x.abs().float() @ weight.abs().float().t()
+    if bias is not None:
+        scale = scale + bias.abs().float()
+    return 8 * eps * scale + 1e-7
 
 
 @needs_onednn
-def test_packed_mlp_steps_aside_when_weights_move_change_or_train():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", [None, "gelu", "relu"])
+def test_packed_linears_compute_the_plain_layer(dtype, activation):
+    model = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"),
+                                     dtype="fp32" if dtype == torch.float32 else "bf16")
+    linears = [m for m in model.modules() if isinstance(m, FastLinear)]
+    assert linears and all(m.packed is not None for m in linears)
+    eps = torch.finfo(dtype).eps
+    for layer in (model.bb.layers[0].blocks[1].attn.qkv, model.bb.layers[2].blocks[0].mlp.fc2,
+                  model.bb.layers[1].downsample.reduction):
+        x = torch.randn(2, 300, layer.in_features).to(dtype)
+        with torch.inference_mode():
+            packed = layer(x, activation).float()
+            plain = ACTIVATIONS[activation](F.linear(x.float(), layer.weight.float(),
+                                            None if layer.bias is None else layer.bias.float()))
+        # GELU and ReLU are 1-Lipschitz: the product's bound carries through them.
+        assert ((packed - plain).abs() <= _product_bound(x, layer.weight, layer.bias, eps)
+                + eps * plain.abs()).all()
+
+
+@needs_onednn
+def test_packed_deformable_branches_compute_the_plain_branches():
     model = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"))
-    mlp = next(m for m in model.modules() if isinstance(m, Mlp))
-    x = torch.randn(1, 50, mlp.fc1.in_features)
-    assert mlp.packed.usable(x, mlp.fc1.weight, mlp.fc2.weight)
+    aspps = [m for m in model.modules() if isinstance(m, ASPPDeformable)]
+    assert aspps and all(m.packed is not None for m in aspps)
+    aspp = aspps[0]
+    x = torch.randn(1, aspp.conv1.out_channels, 23, 17)
     with torch.no_grad():
-        mlp.fc1.weight.mul_(2)                         # an in-place change (a new version)
-    assert not mlp.packed.usable(x, mlp.fc1.weight, mlp.fc2.weight)
-    with torch.inference_mode():                       # the plain layers, with the new weights
-        assert torch.equal(mlp(x), mlp.fc2(mlp.act(mlp.fc1(x))))
+        for branch in aspp.branches():     # offsets that move samples off the pixel grid
+            branch.atrous_conv.offsets_and_modulator.weight.normal_(0, 0.05)
+    pack_cpu_kernels(model)                # the offset convolution is not packed: same kernels
+    with torch.inference_mode():
+        packed = aspp(x)
+        kernels, aspp.packed = aspp.packed, None
+        plain = aspp(x)
+        aspp.packed = kernels
+    # Products over K = C*k*k terms of O(1) values summed in another order, then a 256-term
+    # projection: float32 rounding of sums of thousands of terms.
+    assert (packed - plain).abs().max() <= 1e-4 * max(1.0, float(plain.abs().max()))
+
+
+@needs_onednn
+def test_packed_kernels_step_aside_when_weights_move_change_or_train():
+    model = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"))
+    layer = model.bb.layers[0].blocks[0].mlp.fc1
+    aspp = model.decoder.decoder_block4.dec_att
+    x = torch.randn(1, 50, layer.in_features)
+    branch = aspp.branches()[0]
+    assert layer.packed.usable(x, (layer.weight,))
+    assert aspp.packed[0][0].usable(x, aspp._sources(branch))
+    with torch.no_grad():
+        layer.weight.mul_(2)                           # an in-place change (a new version)
+        aspp.conv1.weight.mul_(2)
+    assert not layer.packed.usable(x, (layer.weight,))
+    assert not aspp.packed[0][0].usable(x, aspp._sources(branch))
+    with torch.inference_mode():                       # the plain layer, with the new weights
+        assert torch.equal(layer(x, "gelu"), F.gelu(F.linear(x, layer.weight, layer.bias)))
     pack_cpu_kernels(model)
-    assert mlp.packed.usable(x, mlp.fc1.weight, mlp.fc2.weight)
+    assert layer.packed.usable(x, (layer.weight,))
     model.to(torch.bfloat16)                           # cast: new storage and dtype
-    assert not mlp.packed.usable(x.bfloat16(), mlp.fc1.weight, mlp.fc2.weight)
+    assert not layer.packed.usable(x.bfloat16(), (layer.weight,))
     model.float().requires_grad_(True)
     pack_cpu_kernels(model)
     with torch.enable_grad():                          # training: autograd needs the layers
-        assert not mlp.packed.usable(x, mlp.fc1.weight, mlp.fc2.weight)
-        mlp(x).sum().backward()
-    assert mlp.fc1.weight.grad is not None
+        assert not layer.packed.usable(x, (layer.weight,))
+        layer(x, "gelu").sum().backward()
+    assert layer.weight.grad is not None
+
+
+def _packed_modules(model) -> list:
+    return [m for m in model.modules()
+            if isinstance(m, (FastLinear, ASPPDeformable)) and m.packed is not None]
 
 
 @needs_onednn
@@ -85,16 +133,16 @@ def test_copies_and_pickles_of_a_packed_model_run_the_plain_layers():
     copied = copy.deepcopy(model)                      # export's float16 path copies models
     buffer = io.BytesIO()
     torch.save(model, buffer)
-    assert all(m.packed is None for m in copied.modules() if isinstance(m, Mlp))
+    assert _packed_modules(model) and not _packed_modules(copied)
     x = _fixture_input("swin_v1_t_256x256")
     with torch.inference_mode():
         assert torch.allclose(copied(x), model(x), rtol=0, atol=TOLERANCE)
-    assert pack_cpu_kernels(copied) == sum(isinstance(m, Mlp) for m in copied.modules())
+    assert pack_cpu_kernels(copied) == len(_packed_modules(model))
 
 
 def test_unfused_models_have_no_packed_kernels():
     model = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"), fuse=False)
-    assert all(m.packed is None for m in model.modules() if isinstance(m, Mlp))
+    assert not _packed_modules(model)
 
 
 # ------------------------------------------------------------------------------ torch.compile
@@ -179,10 +227,10 @@ def test_int8_replaces_the_backbone_linears_within_the_quantisation_bound():
     reference = birefnet_core.load_model(weights)
     model = birefnet_core.load_model(weights, dtype="int8")
     assert model.info.int8
-    float_linears = {n: m for n, m in reference.bb.named_modules() if type(m) is nn.Linear}
+    float_linears = {n: m for n, m in reference.bb.named_modules() if isinstance(m, nn.Linear)}
     quantised = dict(model.bb.named_modules())
     assert float_linears and all(type(quantised[n]) is Int8Linear for n in float_linears)
-    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
     state = model.state_dict()                     # plain tensors (memory accounting reads them)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert state[f"bb.{next(iter(float_linears))}.weight_int8"].dtype == torch.int8
@@ -190,7 +238,10 @@ def test_int8_replaces_the_backbone_linears_within_the_quantisation_bound():
     x = torch.randn(500, float_linears[name].in_features) * 3
     with torch.inference_mode():
         exact, int8 = float_linears[name](x), quantised[name](x)
-    assert ((int8 - exact).abs() <= _linear_error_bound(x, float_linears[name].weight)).all()
+        exact_gelu, int8_gelu = float_linears[name](x, "gelu"), quantised[name](x, "gelu")
+    bound = _linear_error_bound(x, float_linears[name].weight)
+    assert ((int8 - exact).abs() <= bound).all()
+    assert ((int8_gelu - exact_gelu).abs() <= bound).all()      # GELU is 1-Lipschitz
 
 
 # The README's stated bound for int8 masks against float32 (measured on these fixtures with

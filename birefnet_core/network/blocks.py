@@ -3,11 +3,16 @@ inward-reference blocks. Module and parameter names follow the official checkpoi
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cpu_kernels import PackedGroup, PackedLinear, can_pack
 from .deform_conv import DeformableConv2d
+
+BlockProduct = Callable[[torch.Tensor], torch.Tensor]
 
 
 class DeformableBranch(nn.Module):
@@ -22,12 +27,14 @@ class DeformableBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.atrous_conv(x)))
 
-    def projected(self, x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    def projected(self, x: torch.Tensor, projection: torch.Tensor,
+                  block_product: BlockProduct | None = None) -> torch.Tensor:
         """``conv1x1(forward(x), projection)`` for a (P, O) projection, computed block by block
-        inside the deformable convolution: the O-channel branch output is never held."""
+        inside the deformable convolution: the O-channel branch output is never held.
+        ``block_product``: the same function of a block's sampled columns by faster kernels."""
         def finish(block: torch.Tensor) -> torch.Tensor:                  # (n, O) -> (n, P)
             return F.relu(_per_channel(self.bn, block)) @ projection.t()
-        return self.atrous_conv(x, epilogue=finish)
+        return self.atrous_conv(x, epilogue=finish, block_product=block_product)
 
 
 def _per_channel(norm: nn.Module, rows: torch.Tensor) -> torch.Tensor:
@@ -56,20 +63,62 @@ class ASPPDeformable(nn.Module):
             nn.ReLU(inplace=True))
         self.conv1 = nn.Conv2d(branch_channels * (2 + len(kernel_sizes)), channels, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
+        # Per deformable branch: its kernel (bias and ReLU inside) and its slice of conv1 as
+        # packed oneDNN kernels, set by pack_cpu_kernels on folded CPU models.
+        self.packed: PackedGroup | None = None           # ((kernel, projection), ...)
+
+    def branches(self) -> tuple[DeformableBranch, ...]:
+        return (self.aspp1, *self.aspp_deforms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # conv1 over the concatenated branches equals the sum of its per-branch slices applied
         # to each branch, and each deformable branch applies its slice block by block: neither
         # the 5x-wide concatenation nor a full branch output is ever held in memory.
         projections = self.conv1.weight.flatten(1).split(self.branch_channels, dim=1)
-        out = self.aspp1.projected(x, projections[0])
-        for branch, projection in zip(self.aspp_deforms, projections[1:-1]):
-            out = out + branch.projected(x, projection)
+        out = None
+        for branch, projection, product in zip(self.branches(), projections,
+                                                self._packed_products(x)):
+            part = branch.projected(x, projection, product)
+            out = part if out is None else out + part
         pooled = self.global_avg_pool(x).flatten(1) @ projections[-1].t()   # (B, C)
         out = out + pooled[:, :, None, None]
         if self.conv1.bias is not None:                                    # after folding
             out = out + self.conv1.bias.view(1, -1, 1, 1)
         return F.relu(self.bn1(out))
+
+    def _sources(self, branch: DeformableBranch) -> tuple[torch.Tensor, ...]:
+        """The tensors a branch's packed kernels are made from."""
+        conv = branch.atrous_conv.regular_conv
+        return tuple(t for t in (conv.weight, conv.bias, self.conv1.weight) if t is not None)
+
+    def pack_cpu_kernels(self) -> bool:
+        """Pack every branch's kernel and projection (folded models only: the branch's
+        BatchNorm must already be inside its convolution's bias)."""
+        self.packed = None
+        weight = self.conv1.weight
+        if not can_pack(weight) or any(not isinstance(b.bn, nn.Identity) for b in self.branches()):
+            return False
+        projections = weight.flatten(1).split(self.branch_channels, dim=1)
+        self.packed = PackedGroup(
+            (PackedLinear(b.atrous_conv.kernel_matrix(), b.atrous_conv.regular_conv.bias,
+                          self._sources(b)),
+             PackedLinear(projection, None, self._sources(b)))
+            for b, projection in zip(self.branches(), projections))
+        return True
+
+    def _packed_products(self, x: torch.Tensor) -> list[BlockProduct | None]:
+        """Per branch: sampled columns -> projected ReLU output by the packed kernels, or None
+        where they cannot run (no packing, another device or dtype, autograd, changed
+        weights)."""
+        if self.packed is None:
+            return [None] * len(self.branches())
+        products = []
+        for branch, (kernel, projection) in zip(self.branches(), self.packed):
+            if kernel.usable(x, self._sources(branch)):
+                products.append(lambda columns, k=kernel, p=projection: p(k(columns, "relu")))
+            else:
+                products.append(None)
+        return products
 
 
 class BasicDecBlk(nn.Module):

@@ -112,9 +112,14 @@ def _corner_plan(pos_y: torch.Tensor, pos_x: torch.Tensor, modulation: torch.Ten
     fy, fx = pos_y - y0, pos_x - x0
     valid = (y0 >= -1) & (y0 <= height - 1) & (x0 >= -1) & (x0 <= width - 1)
     scale = valid.to(fy.dtype) if modulation is None else modulation * valid
-    top_left = image_start + ((y0.clamp(-1, height - 1) + 1) * (width + 2)
-                              + (x0.clamp(-1, width - 1) + 1)).long()
-    corner_step = torch.tensor((0, 1, width + 2, width + 3), device=top_left.device)
+    row_y, row_x = y0.clamp(-1, height - 1) + 1, x0.clamp(-1, width - 1) + 1
+    index = image_start.dtype
+    if (height + 2) * (width + 2) < 1 << 24:      # exact in float32: one pass fewer
+        top_left = image_start + (row_y * (width + 2) + row_x).to(index)
+    else:
+        top_left = image_start + row_y.to(index) * (width + 2) + row_x.to(index)
+    corner_step = torch.tensor((0, 1, width + 2, width + 3), dtype=index,
+                               device=top_left.device)
     corners = top_left.unsqueeze(-1) + corner_step                          # (n, K, 4)
     gy, gx = (1 - fy) * scale, fy * scale
     weights = torch.stack((gy * (1 - fx), gy * fx, gx * (1 - fx), gx * fx), dim=-1)
@@ -132,7 +137,7 @@ def _sample_columns(rows: torch.Tensor, corners: torch.Tensor,
         samples = F.embedding_bag(corners.reshape(-1, 4), rows, mode="sum",
                                   per_sample_weights=weights.reshape(-1, 4))
     else:           # devices without a weighted embedding_bag (MPS): gather, weight, sum
-        gathered = rows.index_select(0, corners.reshape(-1)).view(n * taps, 4, -1)
+        gathered = rows.index_select(0, corners.reshape(-1).long()).view(n * taps, 4, -1)
         samples = (gathered * weights.reshape(-1, 4, 1)).sum(dim=1)
     return samples.view(n, taps * rows.shape[1])
 
@@ -140,14 +145,19 @@ def _sample_columns(rows: torch.Tensor, corners: torch.Tensor,
 def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
                   bias: torch.Tensor | None = None, *, stride: int = 1, padding: int = 0,
                   dilation: int = 1, mask: torch.Tensor | None = None,
-                  epilogue: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                  epilogue: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  block_product: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> torch.Tensor:
     """Deformable convolution.
 
     x: (B, C, H, W); offset: (B, 2*kh*kw, Ho, Wo) as (dy, dx) pairs per tap, taps row-major;
     weight: (O, C, kh, kw); mask: (B, kh*kw, Ho, Wo) or None. Returns (B, O, Ho, Wo) in
     channels-last memory format. ``epilogue``, if given, maps each block of outputs (n, O) to
     (n, P) (an activation and a projection, say) and the result is (B, P, Ho, Wo): the full
-    O-channel output is then never held.
+    O-channel output is then never held. ``block_product``, if given, maps each block's
+    sampled columns (n, K*C), taps major, straight to that result: a faster kernel for the
+    product with ``weight`` and ``bias`` followed by ``epilogue`` (the exported graph still
+    uses those two).
 
     All taps of a block of output pixels are sampled into one (pixels, K*C) matrix, which one
     matrix product turns into outputs; blocks are sized so the columns stay near 4 MB. Corner
@@ -163,14 +173,15 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
         rows = epilogue(out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]))
         return rows.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)
     return _deform_conv2d_blocked(x, offset, weight, bias, stride, padding, dilation, mask,
-                                  epilogue)
+                                  epilogue, block_product)
 
 
 @torch.compiler.disable          # compiled models run this loop eagerly: see network/compiled.py
 def _deform_conv2d_blocked(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
                            bias: torch.Tensor | None, stride: int, padding: int, dilation: int,
                            mask: torch.Tensor | None,
-                           epilogue: Callable[[torch.Tensor], torch.Tensor] | None
+                           epilogue: Callable[[torch.Tensor], torch.Tensor] | None,
+                           block_product: Callable[[torch.Tensor], torch.Tensor] | None = None
                            ) -> torch.Tensor:
     """``deform_conv2d`` block by block (its docstring has the contract)."""
     batch, channels, height, width = x.shape
@@ -184,8 +195,13 @@ def _deform_conv2d_blocked(x: torch.Tensor, offset: torch.Tensor, weight: torch.
     if mask is not None:
         modulation = mask.float().permute(0, 2, 3, 1).reshape(-1, taps)
     pixels, total = out_h * out_w, batch * out_h * out_w
-    image_start = (torch.arange(total, device=x.device) // pixels) * ((height + 2) * (width + 2))
-    out = x.new_empty(total, out_channels) if epilogue is None else None
+    # Row indices in int32 where they fit: half the index traffic of int64, which the corner
+    # plan writes and embedding_bag reads for every sample.
+    index = torch.int32 if rows.shape[0] < 1 << 31 else torch.int64
+    image_start = ((torch.arange(total, device=x.device) // pixels)
+                   * ((height + 2) * (width + 2))).to(index)
+    reshaped = epilogue is not None or block_product is not None
+    out = None if reshaped else x.new_empty(total, out_channels)
     block = max(64, _COLUMN_BYTES // (taps * channels * x.element_size()))
     plan_rows = block * max(1, _PLAN_SAMPLES // (block * taps))
     direct = not (torch.is_grad_enabled() and any(
@@ -199,17 +215,19 @@ def _deform_conv2d_blocked(x: torch.Tensor, offset: torch.Tensor, weight: torch.
             stop = min(start + block, corners.shape[0])
             columns = _sample_columns(rows, corners[start:stop], weights[start:stop])
             target = slice(plan_start + start, plan_start + stop)
-            if direct and epilogue is None:   # straight into the output, no copy (autograd
+            if direct and not reshaped:       # straight into the output, no copy (autograd
                 if bias is None:              # forbids this while it records)
                     torch.mm(columns, kernel, out=out[target])
                 else:
                     torch.addmm(bias, columns, kernel, out=out[target])
                 continue
-            result = columns @ kernel if bias is None else torch.addmm(bias, columns, kernel)
-            if epilogue is not None:
-                result = epilogue(result)
-                if out is None:
-                    out = x.new_empty(total, result.shape[1])
+            if block_product is not None:
+                result = block_product(columns)
+            else:
+                result = columns @ kernel if bias is None else torch.addmm(bias, columns, kernel)
+                result = result if epilogue is None else epilogue(result)
+            if out is None:
+                out = x.new_empty(total, result.shape[1])
             out[target] = result
     return out.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)
 
@@ -255,8 +273,16 @@ class DeformableConv2d(nn.Module):
         return both[:, :split], 2.0 * torch.sigmoid(both[:, split:])
 
     def forward(self, x: torch.Tensor,
-                epilogue: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                epilogue: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                block_product: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
         offset, modulator = self._offsets(x)
         return deform_conv2d(x, offset, self.regular_conv.weight, self.regular_conv.bias,
                              stride=self.stride, padding=self.padding, mask=modulator,
-                             epilogue=epilogue)
+                             epilogue=epilogue, block_product=block_product)
+
+    def kernel_matrix(self) -> torch.Tensor:
+        """The regular convolution's weight as an (O, K*C) matrix, taps major: what multiplies
+        a block of sampled columns."""
+        weight = self.regular_conv.weight                                 # (O, C, kh, kw)
+        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import BiRefNetError
+from .cpu_kernels import ACTIVATIONS
 
 
 class Int8Linear(nn.Module):
@@ -45,13 +46,13 @@ class Int8Linear(nn.Module):
             self._packed_key = key
         return self._packed
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         if x.device.type != "cpu":
             raise BiRefNetError("int8 layers run on the CPU only; load the model with "
                                 "dtype fp16/bf16 for a GPU")
         rows = x.reshape(-1, self.in_features).float().contiguous()
         out = torch.ops.quantized.linear_dynamic(rows, self._packed_weight(), True)
-        return out.view(*x.shape[:-1], self.out_features)
+        return ACTIVATIONS[activation](out.view(*x.shape[:-1], self.out_features))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -77,7 +78,7 @@ def quantize_linears_int8(model: nn.Module) -> int:
         raise BiRefNetError(f"this PyTorch cannot run int8 linear layers ({problem}); use "
                             f"dtype bf16 instead")
     targets = [(name, module) for name, module in model.bb.named_modules()
-               if type(module) is nn.Linear]
+               if isinstance(module, nn.Linear)]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.bb.get_submodule(parent_name) if parent_name else model.bb

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..cpu_kernels import FastLinear
 from ..variants import PvtV2Config
 
 _BLOCK_EPS = 1e-6   # the block and stage norms; patch-embedding and reduction norms keep 1e-5
@@ -29,10 +30,10 @@ class DWConv(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = FastLinear(dim, hidden)
         self.dwconv = DWConv(hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = FastLinear(hidden, dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return self.fc2(self.act(self.dwconv(self.fc1(x), height, width)))
@@ -42,9 +43,9 @@ class SpatialReductionAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, sr_ratio: int) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, dim * 2)
-        self.proj = nn.Linear(dim, dim)
+        self.q = FastLinear(dim, dim)
+        self.kv = FastLinear(dim, dim * 2)
+        self.proj = FastLinear(dim, dim)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)

@@ -13,10 +13,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..cpu_kernels import PackedMlp
+from ..cpu_kernels import FastLinear
 from ..variants import SwinConfig
 
 _MASKED = -1.0e4
+# Rows (tokens) a block processes at a time on the CPU: each chunk's windows go through
+# norm, qkv, attention and projection (then the MLP through its rows) while their
+# intermediates are still in cache; a 65536x96 -> 288 product ran at 95 GFLOP/s whole and at
+# 217 in 4067-row pieces (``python bench/bench_cpu_paths.py --kernels``). Whole forward, Swin-T
+# float32 at 1024², on/off (``--switch chunks``): 3.67-3.82 s against 3.87-3.97 s.
+CPU_CHUNK_ROWS = 4096
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -63,17 +69,17 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int,
 
 @dataclass(frozen=True)
 class WindowLayout:
-    """Where every window slot reads its token, and where every token's result lands.
+    """Where every window slot reads its token (and so where its result lands).
 
     Padding to window multiples, the cyclic shift and the window partition together are one
     gather (``gather``: slot -> token) followed by zeroing the padding slots (``pad_slots``);
-    their inverse is one more gather (``scatter``: token -> slot). ``mask`` is the
-    shifted-window mask; only the windows along the shift's seams (the last row and column
-    of windows) have any non-zero entry: ``seam_windows`` and ``seam_mask`` are those.
+    the other slots hold every token once, so the inverse writes each of them back to
+    ``gather[slot]``. ``mask`` is the shifted-window mask; only the windows along the shift's
+    seams (the last row and column of windows) have any non-zero entry: ``seam_windows`` and
+    ``seam_mask`` are those.
     """
     gather: torch.Tensor              # (nW * N,) long
     pad_slots: torch.Tensor           # (P,) long, slots that hold padding
-    scatter: torch.Tensor             # (H * W,) long
     mask: torch.Tensor | None         # (nW, N, N) or None without shift
     seam_windows: torch.Tensor | None = None   # (nS,) long
     seam_mask: torch.Tensor | None = None      # (nS, N, N)
@@ -90,28 +96,93 @@ def window_layout(height: int, width: int, window: int, shift: int,
     gather = window_partition(grid, window).reshape(-1)
     real = gather < height * width
     slots = torch.arange(gather.numel(), device=device)
-    scatter = torch.empty(height * width, dtype=torch.long, device=device)
-    scatter[gather[real]] = slots[real]
     mask = shifted_window_mask(padded_h, padded_w, window, shift, device) if shift else None
     seams = None if mask is None else mask.flatten(1).ne(0).any(dim=1).nonzero().flatten()
-    return WindowLayout(gather.masked_fill(~real, 0), slots[~real], scatter, mask, seams,
+    return WindowLayout(gather.masked_fill(~real, 0), slots[~real], mask, seams,
                         None if mask is None else mask[seams])
+
+
+@dataclass(frozen=True)
+class WindowChunk:
+    """Consecutive windows of a (batch-flat) layout, processed together. Slot indices are local
+    to the chunk; ``gather`` and ``tokens`` index the batch's (B * H * W) token rows."""
+    gather: torch.Tensor                      # (n * N,) token each slot reads
+    pad_slots: torch.Tensor | None            # (p,) slots holding padding, None if none
+    real_slots: torch.Tensor | None           # (r,) slots holding tokens, None if all do
+    tokens: torch.Tensor                      # (r,) token each of those slots writes
+    seam_windows: torch.Tensor | None         # (s,) windows with a shift mask, None if none
+    seam_mask: torch.Tensor | None            # (s, N, N)
+
+
+@lru_cache(maxsize=64)
+def window_chunks(height: int, width: int, window: int, shift: int, device: torch.device,
+                  batch: int, rows: int | None) -> tuple[WindowChunk, ...]:
+    """The layout of a batch of ``batch`` images cut into chunks of about ``rows`` slots
+    (whole windows; ``None``: one chunk)."""
+    layout = window_layout(height, width, window, shift, device)
+    tokens_per_window = window * window
+    slots_per_image = layout.gather.numel()
+    windows_per_image = slots_per_image // tokens_per_window
+    images = torch.arange(batch, device=device)[:, None]
+    gather = (layout.gather + height * width * images).reshape(-1)
+    real = torch.ones(slots_per_image, dtype=torch.bool, device=device)
+    real[layout.pad_slots] = False
+    real = real.repeat(batch)
+    seams = seam_mask = None
+    if layout.seam_windows is not None:
+        seams = (layout.seam_windows + windows_per_image * images).reshape(-1)
+        seam_mask = layout.seam_mask.repeat(batch, 1, 1)
+    total = batch * windows_per_image
+    step = total if rows is None else max(1, rows // tokens_per_window)
+    chunks = []
+    for first in range(0, total, step):
+        last = min(first + step, total)
+        slots = slice(first * tokens_per_window, last * tokens_per_window)
+        chunk_real = real[slots]
+        padded = not bool(chunk_real.all())
+        real_slots = chunk_real.nonzero().flatten() if padded else None
+        chunk_seams = chunk_mask = None
+        if seams is not None:
+            inside = (seams >= first) & (seams < last)
+            if bool(inside.any()):
+                chunk_seams, chunk_mask = seams[inside] - first, seam_mask[inside]
+        chunks.append(WindowChunk(
+            gather[slots], (~chunk_real).nonzero().flatten() if padded else None, real_slots,
+            gather[slots] if real_slots is None else gather[slots][real_slots],
+            chunk_seams, chunk_mask))
+    return tuple(chunks)
+
+
+def chunk_rows(device: torch.device) -> int | None:
+    """Rows per chunk: ``CPU_CHUNK_ROWS`` on the CPU; one chunk elsewhere (a GPU wants every
+    window in one kernel launch)."""
+    return CPU_CHUNK_ROWS if device.type == "cpu" else None
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v for (W, h, N, d) windows; bias (W or 1, h, N, N).
+
+    On the CPU in bfloat16 the two products and the softmax run as separate kernels (as the
+    official Swin computes them): PyTorch's fused attention kernel was 1.4-1.5x slower there
+    at window sizes (49 tokens, Swin-T; 144, Swin-L). Whole forward at 1024², on/off
+    (``python bench/bench_cpu_paths.py --dtype bf16 --switch attention``): Swin-L 7.59-7.67 s
+    against 7.82-7.95 s, Swin-T 2.19-2.22 s against 2.22-2.25 s. Elsewhere the fused kernel
+    runs."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)).add_(bias)
+        return torch.matmul(scores.softmax(dim=-1), v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        # fc1 with GELU inside and fc2 as prepacked oneDNN kernels (set by pack_cpu_kernels);
-        # used only while they still match fc1/fc2's weights, dtype and device.
-        self.packed: PackedMlp | None = None
+        self.fc1 = FastLinear(dim, hidden)
+        self.fc2 = FastLinear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and self.packed.usable(x, self.fc1.weight, self.fc2.weight):
-            return self.packed(x)
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.fc1(x, activation="gelu"))             # exact (erf) GELU
 
 
 class WindowAttention(nn.Module):
@@ -123,37 +194,42 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window))
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = FastLinear(dim, dim * 3)
+        self.proj = FastLinear(dim, dim)
 
-    def position_bias(self) -> torch.Tensor:
-        """(1, heads, N, N) bias for every token pair of a window."""
+    def position_bias(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(1, heads, N, N) bias for every token pair of a window, contiguous (attention
+        kernels add it to every window: a strided one made bfloat16 adds 10x slower)."""
         n = self.relative_position_index.shape[0]
         table = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return table.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        bias = table.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        return bias.to(dtype).contiguous()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                seam_windows: torch.Tensor | None = None) -> torch.Tensor:
+                seam_windows: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: additive, (nW, N, N) for every window, or with
         ``seam_windows`` (nS,) (indices into B * nW) (nS, N, N) for those windows only, the
-        rest having none; or None."""
+        rest having none; or None. ``bias``: ``position_bias(x.dtype)``, when the caller
+        attends many chunks of windows and makes it once."""
         windows, tokens, channels = x.shape
         qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, channels // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                    # (B*nW, h, N, d)
-        bias = self.position_bias().to(q.dtype)                           # (1, h, N, N)
+        if bias is None:
+            bias = self.position_bias(q.dtype)                            # (1, h, N, N)
         if mask is not None and seam_windows is None:                     # (B*nW, h, N, N)
             n_windows = mask.shape[0]
             bias = bias + mask.to(q.dtype).unsqueeze(1)                   # (nW, h, N, N)
             if windows != n_windows:                                      # a batch of images
                 bias = bias.repeat(windows // n_windows, 1, 1, 1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = window_attention(q, k, v, bias)
         if seam_windows is not None:
             # Windows off the seams have a zero mask: the shared bias alone was exact there;
             # the seam windows (a row and a column of windows) are computed again with theirs.
             seam_bias = bias + mask.to(q.dtype).unsqueeze(1)              # (nS, h, N, N)
-            seams = F.scaled_dot_product_attention(
+            seams = window_attention(
                 q.index_select(0, seam_windows), k.index_select(0, seam_windows),
-                v.index_select(0, seam_windows), attn_mask=seam_bias)
+                v.index_select(0, seam_windows), seam_bias)
             out = out.index_copy(0, seam_windows, seams)
         return self.proj(out.transpose(1, 2).reshape(windows, tokens, channels))
 
@@ -167,29 +243,33 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, layout: "WindowLayout") -> torch.Tensor:
-        """x: (B, H*W, C) -> (B, H*W, C)."""
+    def forward(self, x: torch.Tensor, chunks: tuple[WindowChunk, ...],
+                rows_per_chunk: int | None = None) -> torch.Tensor:
+        """x: (B, H*W, C) -> (B, H*W, C), the windows of ``chunks`` (see ``window_chunks``)
+        one chunk at a time, then the MLP over ``rows_per_chunk`` rows at a time."""
         batch, tokens, channels = x.shape
-        shortcut = x
-        x = self.norm1(x)
-        gather, pad_slots, scatter = layout.gather, layout.pad_slots, layout.scatter
-        seams, seam_mask = layout.seam_windows, layout.seam_mask
-        if batch > 1:                                     # one index over the whole batch
-            images = torch.arange(batch, device=x.device)[:, None]
-            slots = layout.gather.numel()
-            gather = (gather + tokens * images).reshape(-1)
-            pad_slots = (pad_slots + slots * images).reshape(-1)
-            scatter = (scatter + slots * images).reshape(-1)
-            if seams is not None:
-                seams = (seams + (slots // self.window ** 2) * images).reshape(-1)
-                seam_mask = seam_mask.repeat(batch, 1, 1)
-        windows = x.reshape(-1, channels).index_select(0, gather)
-        if pad_slots.numel():                             # padding tokens are zero vectors
-            windows.index_fill_(0, pad_slots, 0.0)
-        windows = self.attn(windows.view(-1, self.window ** 2, channels), seam_mask, seams)
-        x = windows.reshape(-1, channels).index_select(0, scatter).view(batch, tokens, channels)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        rows = x.reshape(-1, channels)                                    # (B*H*W, C)
+        out = rows.clone()                         # shortcut + attention, chunk by chunk
+        bias = self.attn.position_bias(x.dtype)
+        for chunk in chunks:
+            windows = self.norm1(rows.index_select(0, chunk.gather))      # (n*N, C)
+            if chunk.pad_slots is not None:        # padding tokens are zero vectors
+                windows.index_fill_(0, chunk.pad_slots, 0.0)
+            windows = self.attn(windows.view(-1, self.window ** 2, channels), chunk.seam_mask,
+                                chunk.seam_windows, bias).reshape(-1, channels)
+            if chunk.real_slots is not None:
+                windows = windows.index_select(0, chunk.real_slots)
+            out.index_add_(0, chunk.tokens, windows)
+        return self._add_mlp(out, rows_per_chunk).view(batch, tokens, channels)
+
+    def _add_mlp(self, x: torch.Tensor, rows_per_chunk: int | None) -> torch.Tensor:
+        """x + mlp(norm2(x)) for (n, C) rows this block owns: in place, a chunk of rows at a
+        time, unless autograd records (it needs every chunk's input unchanged)."""
+        if rows_per_chunk is None or (torch.is_grad_enabled() and x.requires_grad):
+            return x + self.mlp(self.norm2(x))
+        for part in x.split(rows_per_chunk):
+            part += self.mlp(self.norm2(part))
+        return x
 
     def forward_padded(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The same function written for tracing at any (symbolic) size: zero padding to window
@@ -221,7 +301,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = FastLinear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         batch, _, channels = x.shape
@@ -245,10 +325,11 @@ class SwinStage(nn.Module):
         """Returns the stage output (B, H*W, C) and the next stage's input and size."""
         if torch.compiler.is_compiling():        # torch.compile: the traceable window form
             return self.forward_padded(x, height, width)
-        layouts = [window_layout(height, width, self.window, shift, x.device)
-                   for shift in (0, self.window // 2)]
+        rows = chunk_rows(x.device)
+        plans = [window_chunks(height, width, self.window, shift, x.device, x.shape[0], rows)
+                 for shift in (0, self.window // 2)]
         for block in self.blocks:
-            x = block(x, layouts[1 if block.shift else 0])
+            x = block(x, plans[1 if block.shift else 0], rows)
         return self._downsample(x, height, width)
 
     def forward_padded(self, x: torch.Tensor, height: int, width: int):
