@@ -22,7 +22,8 @@ from birefnet_core import cli
 from birefnet_core.errors import BiRefNetError, CheckpointError, InputError
 from birefnet_core.export import export_onnx, load_onnx_model
 from birefnet_core.export.__main__ import main as export_main
-from birefnet_core.export.swin_windows import exportable_swin
+from birefnet_core.network.backbones import swin
+from birefnet_core.network.cpu_kernels import FastLinear
 from tests.synthetic import parity_fixture, synthetic_float_weights, synthetic_state_dict
 
 onnx = pytest.importorskip("onnx")
@@ -136,18 +137,22 @@ def test_float16_file_with_sigmoid_inside(fp16_file, model):
         birefnet_core.predict(runtime, images, resolution=128)
 
 
-def test_swin_windows_for_export_equal_the_eager_ones():
-    """The traceable Swin form against the cached-gather one, at sizes that need padding
-    (stage maps 56x40, 28x20, 14x10, 7x5 against windows of 7) and a batch of two."""
+def test_swin_windows_for_export_equal_the_eager_ones(monkeypatch):
+    """The traceable Swin form (what a stage runs while torch.export traces it) against the
+    chunked-gather one, at sizes that need padding (stage maps 56x40, 28x20, 14x10, 7x5
+    against windows of 7) and a batch of two."""
     model = birefnet_core.load_model(synthetic_float_weights("swin_v1_t"))
     x = torch.randn(2, 3, 224, 160, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         eager = model.bb(x)
-        with exportable_swin(model):
-            traced_form = model.bb(x)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)   # as when tracing
+        monkeypatch.setattr(swin, "window_chunks", None)    # the traced form never gathers
+        traced_form = model.bb(x)
     for a, b in zip(eager, traced_form):
         assert torch.allclose(a, b, atol=1e-5, rtol=0)   # same float32 ops up to reordering
-    assert "forward" not in vars(model.bb.layers[0])      # restored afterwards
+    assert all(m.packed is None or not m.packed.usable(x, (m.weight,))   # plain layers traced
+               for m in model.modules() if isinstance(m, FastLinear))
+    assert "forward" not in vars(model.bb.layers[0])      # nothing patched onto the stages
 
 
 def test_missing_onnxruntime_is_a_clear_error(dynamic_file, monkeypatch):
@@ -246,7 +251,7 @@ def test_dynamic_swin_graphs_are_traced_where_no_stage_has_a_single_window(tmp_p
     module = _TwoPassSwin().eval()
     path = tmp_path / "two_pass.onnx"
     example = torch.rand(2, 3, *trace_size(swin_t, (256, 256), dynamic=True))
-    with torch.no_grad(), exportable_swin(module):
+    with torch.no_grad():                       # the stages trace their padded form themselves
         torch.onnx.export(module, (example,), None, dynamo=True, input_names=["image"],
                           dynamic_shapes=_dynamic_shapes(True)).save(path)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

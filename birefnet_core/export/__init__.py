@@ -1,8 +1,8 @@
 """Export to ONNX, and run exported files with the same ``predict`` contract.
 
 ``graph`` (``export_onnx``: the inference forward as a graph of standard ONNX operators, with
-fixed or dynamic size), ``swin_windows`` (Swin's shifted windows in a traceable form, used
-while exporting), ``runtime`` (``load_onnx_model``: an onnxruntime session behind the module
+fixed or dynamic size; Swin traces its padded-window form, ``SwinStage.forward_padded``),
+``runtime`` (``load_onnx_model``: an onnxruntime session behind the module
 interface ``predict`` reads) and the command ``python -m birefnet_core.export``. onnx and
 onnxruntime are optional: imported only when a function here needs them.
 Builds on ``network``, ``weights`` and ``inference``.

@@ -27,7 +27,6 @@ import torch.nn as nn
 from ..errors import BiRefNetError
 from ..network.compiled import compile_state
 from ..network.model import BiRefNet
-from .swin_windows import exportable_swin
 
 FORMAT_VERSION = "1"
 METADATA_PREFIX = "birefnet."
@@ -167,7 +166,9 @@ def export_onnx(model: BiRefNet, path: str | os.PathLike, *, dtype: str = "fp32"
     example = torch.rand(2, 3, *trace_size(model, size, dynamic))
     started = time.perf_counter()
     try:
-        with torch.no_grad(), exportable_swin(network), _quiet_exporter(verbose):
+        # Swin stages trace their padded-window form by themselves (SwinStage.forward checks
+        # torch.compiler.is_compiling(), which is true while torch.export traces).
+        with torch.no_grad(), _quiet_exporter(verbose):
             program = torch.onnx.export(
                 graph, (example,), None, dynamo=True, opset_version=opset,
                 input_names=["image"], output_names=["mask" if sigmoid else "logits"],

@@ -4,7 +4,7 @@
 ``backbones`` (Swin v1, PVT v2), ``deform_conv`` (deformable convolution in plain PyTorch),
 ``folding`` (BatchNorm folded into the convolutions for inference), ``variants`` (a frozen
 dataclass per released configuration and their registry), and the optional speed paths:
-``cpu_kernels`` (packed oneDNN MLP kernels), ``compiled`` (torch.compile with an eager
+``cpu_kernels`` (packed oneDNN linear kernels), ``compiled`` (torch.compile with an eager
 fallback) and ``int8`` (dynamically quantised linear layers). It imports nothing else of the
 package but its errors: checkpoints, inference and matting build on it, never the reverse.
 """

@@ -93,6 +93,12 @@ def deform_conv2d_by_grid_sample(x: torch.Tensor, offset: torch.Tensor, weight: 
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
+def tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """A (O, C, kh, kw) convolution weight as the (O, kh*kw*C) matrix, taps major, that
+    multiplies a block of sampled columns (transposed)."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
 def _padded_rows(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B*(H+2)*(W+2), C): the image with a one-pixel zero border, one row per
     pixel. Corners that fall on the border read zero, which is torchvision's rule for corners
@@ -181,7 +187,7 @@ def _deform_conv2d_blocked(x: torch.Tensor, offset: torch.Tensor, weight: torch.
                            bias: torch.Tensor | None, stride: int, padding: int, dilation: int,
                            mask: torch.Tensor | None,
                            epilogue: Callable[[torch.Tensor], torch.Tensor] | None,
-                           block_product: Callable[[torch.Tensor], torch.Tensor] | None = None
+                           block_product: Callable[[torch.Tensor], torch.Tensor] | None
                            ) -> torch.Tensor:
     """``deform_conv2d`` block by block (its docstring has the contract)."""
     batch, channels, height, width = x.shape
@@ -189,7 +195,7 @@ def _deform_conv2d_blocked(x: torch.Tensor, offset: torch.Tensor, weight: torch.
     out_h, out_w = offset.shape[-2:]
     taps = kernel_h * kernel_w
     rows = _padded_rows(x)
-    kernel = weight.permute(2, 3, 1, 0).reshape(taps * channels, out_channels)
+    kernel = tap_major(weight).t()                                        # (K*C, O)
     pos_y, pos_x = _sampling_grid(offset, kernel_h, kernel_w, stride, padding, dilation)
     modulation = None
     if mask is not None:
@@ -282,7 +288,5 @@ class DeformableConv2d(nn.Module):
                              epilogue=epilogue, block_product=block_product)
 
     def kernel_matrix(self) -> torch.Tensor:
-        """The regular convolution's weight as an (O, K*C) matrix, taps major: what multiplies
-        a block of sampled columns."""
-        weight = self.regular_conv.weight                                 # (O, C, kh, kw)
-        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+        """The regular convolution's weight as an (O, K*C) matrix (``tap_major``)."""
+        return tap_major(self.regular_conv.weight)
