@@ -202,6 +202,32 @@ def _worker_whole(side: int) -> dict:
     return {"side": side, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 
 
+def _worker_uncertain(batch_size: int) -> dict:
+    """The Detail node (in-process 2024 ComfyUI, CPU) on an 8192x5464 photo, no mask given,
+    with PVT-v2-b0 synthetic weights whose logits are zeroed by a hook: the coarse pass and
+    every tile say 0.5, so the whole frame is uncertain and the band covers it all.
+    batch_size 0: the node's auto."""
+    from tests.comfyui_inprocess import import_pack
+    from tests.synthetic import synthetic_float_weights
+    pack = import_pack()
+    model = pack.birefnet_core.load_model(synthetic_float_weights("pvt_v2_b0"))
+    model.register_forward_hook(lambda _module, _inputs, logits: logits * 0)
+    forwards = []
+    model.register_forward_pre_hook(lambda _module, inputs: forwards.append(inputs[0].shape[0]))
+    cpu = torch.device("cpu")
+    patcher = pack.nodes.runtime.BiRefNetPatcher(model, load_device=cpu, offload_device=cpu)
+    height, width = SIZES["8192x5464"]
+    image = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    mask, _cutout = pack.nodes.BiRefNetDetail().refine(
+        patcher, image, scale=1.0, band=0, overlap=0.25, max_tiles=128, batch_size=batch_size,
+        resolution=0)
+    return {"image": "8192x5464", "model": "pvt_v2_b0 synthetic, logits zeroed",
+            "batch_size": batch_size, "forward_batches": forwards,
+            "mask_mean": mask.mean().item(), "seconds": time.perf_counter() - start,
+            "peak_rss_mb": peak_rss_mb()}
+
+
 def memory(whole_sides: list[int], tiles: bool) -> dict:
     """Each measurement in a fresh process (peak RSS is per process); the rows already in the
     results file are kept unless measured again."""
@@ -264,7 +290,8 @@ def _update(section: str, data: dict) -> None:
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1].startswith("_"):
         worker = {"_tiles": lambda a: _worker_tiles(int(a)),
-                  "_whole": lambda a: _worker_whole(int(a))}[sys.argv[1]]
+                  "_whole": lambda a: _worker_whole(int(a)),
+                  "_uncertain": lambda a: _worker_uncertain(int(a))}[sys.argv[1]]
         print(json.dumps(worker(sys.argv[2])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -25,6 +25,8 @@ from .errors import BiRefNetError
 from .inference.detail import refine_detail
 from .inference.predict import predict
 from .inference.region import segment_region
+from .network.compiled import compile_state
+from .network.cpu_features import auto_dtype
 from .weights.hub import default_models_dir, resolve_checkpoint
 from .weights.loading import load_model
 
@@ -82,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 def add_speed_options(parser: argparse.ArgumentParser) -> None:
     """--dtype and --compile, shared by the commands that run the model."""
     parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES, "int8"), default="auto",
-                        help="auto: fp16 on cuda, fp32 elsewhere. On a CPU bf16 is the fast "
-                             "choice where the CPU has bf16 instructions; int8 (CPU only) "
-                             "quantises the backbone's linear layers (see README for speeds "
-                             "and mask differences)")
+                        help="auto: fp16 on cuda; on a CPU bf16 where it runs bfloat16 "
+                             "natively (a short probe decides), else fp32; fp32 elsewhere. "
+                             "int8 (CPU only) quantises the backbone's linear layers: the "
+                             "faster choice on CPUs without native bf16 (see README for "
+                             "speeds and mask differences)")
     parser.add_argument("--compile", action="store_true",
                         help="run the backbone through torch.compile (first image at each size "
                              "compiles; falls back to the plain model where it cannot)")
@@ -103,7 +106,7 @@ def choose_device(name: str) -> torch.device:
 
 def choose_dtype(name: str, device: torch.device) -> torch.dtype | str:
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return auto_dtype(device)[0]
     if name == "int8":
         if device.type != "cpu":
             raise UsageError(f"--dtype int8 runs on the CPU only, not on {device}; use "
@@ -212,7 +215,7 @@ def process_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path,
 def _open_onnx(path: str, *, device: str, dtype: str, patch_order: str,
                announce: bool) -> torch.nn.Module:
     """An exported .onnx file run by onnxruntime (python -m birefnet_core.export made it)."""
-    from .export.runtime import CPU_ADVICE, load_onnx_model     # onnxruntime stays optional
+    from .export.runtime import cpu_advice, load_onnx_model     # onnxruntime stays optional
     if device == "mps":
         raise UsageError("an .onnx file runs through onnxruntime on cpu or cuda; use --device "
                          "auto, cpu or cuda (or the checkpoint itself on mps)")
@@ -228,7 +231,7 @@ def _open_onnx(path: str, *, device: str, dtype: str, patch_order: str,
         print(f"BiRefNet {network.info.variant} from {path} (ONNX, {baked['dtype']}) on "
               f"onnxruntime [{providers}], patch order {baked['patch_order']}", file=sys.stderr)
         if network.providers[0] == "CPUExecutionProvider":
-            print(f"note: {CPU_ADVICE}", file=sys.stderr)
+            print(f"note: {cpu_advice()}", file=sys.stderr)
     return network
 
 
@@ -252,8 +255,10 @@ def open_model(model: str, *, device: str = "auto", dtype: str = "auto",
     if announce:
         info = network.info
         precision = "int8 linear layers" if info.int8 else str(torch_dtype).removeprefix("torch.")
+        if dtype == "auto":
+            precision += f"; dtype auto chose {auto_dtype(torch_device)[1]}"
         print(f"BiRefNet {info.variant} from {checkpoint} on {torch_device} "
-              f"({precision}{', compiled' if compile else ''}), patch order "
+              f"({precision}{', torch.compile at the first image' if compile else ''}), patch order "
               f"{info.patch_order}", file=sys.stderr)
     return network
 
@@ -286,4 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"{len(paths) - failures} of {len(paths)} images written to {out_dir}",
           file=sys.stderr)
+    if args.compile and failures < len(paths):         # what compiling did, once it was tried
+        state = compile_state(model)
+        print(f"torch.compile: {'compiled' if state == 'on' else state}", file=sys.stderr)
     return 1 if failures or missing else 0

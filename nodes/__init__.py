@@ -5,6 +5,7 @@ from .evaluate import BiRefNetEvaluate
 from .loader import BiRefNetLoader
 from .refine_edges import BiRefNetRefineEdges
 from .routes import register_routes
+from .save_matte import BiRefNetSaveMatte
 from .segment import BiRefNetSegment
 from .video_matte import BiRefNetVideoMatte
 
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "BiRefNetDetail": BiRefNetDetail,
     "BiRefNetVideoMatte": BiRefNetVideoMatte,
     "BiRefNetEvaluate": BiRefNetEvaluate,
+    "BiRefNetSaveMatte": BiRefNetSaveMatte,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "BiRefNetLoader": "BiRefNet Loader",
@@ -25,6 +27,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "BiRefNetDetail": "BiRefNet Detail",
     "BiRefNetVideoMatte": "BiRefNet Video Matte",
     "BiRefNetEvaluate": "BiRefNet Evaluate",
+    "BiRefNetSaveMatte": "BiRefNet Save Matte",
 }
 
 register_routes()        # GET /birefnet/models for the web extension; nothing outside a server

@@ -43,8 +43,10 @@ class BiRefNetDetail:
                 "tooltip": "At most this many tiles per image; above it the scale is lowered "
                            "until they fit (bounds the time)."}),
             "batch_size": ("INT", {
-                "default": 4, "min": 1, "max": 64,
-                "tooltip": "Tiles per forward pass; halved automatically if memory runs out."}),
+                "default": 0, "min": 0, "max": 64,
+                "tooltip": "Tiles per forward pass; halved automatically if memory runs out. "
+                           "0: auto (1 on the CPU, where batches measured no faster; on a "
+                           "GPU as many as its free memory holds, up to 8)."}),
             "resolution": ("INT", {
                 "default": 0, "min": 0, "max": 4096, "step": 32,
                 "tooltip": "Working resolution of the coarse pass (made only when no mask is "
@@ -82,12 +84,12 @@ class BiRefNetDetail:
             check_same_size(NODE, rgb, coarse)
             parts = broadcast_batches(NODE, image=rgb, mask=coarse)
             rgb, coarse = parts["image"], parts["mask"].contiguous()
-        network = loaded_model(model, resolution, NODE)
+        network = loaded_model(model, resolution, NODE, batch=int(batch_size) or 1)
         with model_errors(NODE, "tile"):
             masks = refine_detail(
                 network, rgb, coarse, resolution=resolution or None,
                 tile_size=resolution or None, scale=float(scale),
                 band=int(band) or None, overlap=float(overlap), max_tiles=int(max_tiles),
-                batch_size=int(batch_size), progress=interrupt_aware_progress())
+                batch_size=int(batch_size) or None, progress=interrupt_aware_progress())
         cutout = torch.cat([rgb.to(masks.device), masks], dim=1)
         return nchw_to_mask(masks), nchw_to_image(cutout)

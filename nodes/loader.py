@@ -14,8 +14,11 @@ import comfy.model_patcher
 
 from .. import birefnet_core
 from ..birefnet_core.network.compiled import compile_state
+from ..birefnet_core.network.cpu_features import auto_dtype
 from ..birefnet_core.weights.loading import resolve_dtype
-from .model_files import CoreFeed, core_feed, local_path, model_choices, resolve_model
+from .model_files import (CoreFeed, core_feed, local_path, model_choices, resolve_model,
+                          without_server_paths)
+from .runtime import BiRefNetPatcher
 
 logger = logging.getLogger(__name__)
 NODE = "BiRefNetLoader"
@@ -44,7 +47,7 @@ def _devices(choice: str) -> tuple[torch.device, torch.device]:
 
 def _dtype(choice: str, device: torch.device) -> torch.dtype | str:
     if choice == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return auto_dtype(device)[0]
     if choice == "int8":
         if device.type != "cpu":
             raise RuntimeError(f"{NODE}: dtype int8 runs on the CPU only, and the device is "
@@ -69,9 +72,11 @@ class BiRefNetLoader:
             "device": (["auto", "cpu", "cuda", "mps"], {
                 "default": "auto", "tooltip": "auto: ComfyUI's device (GPU when there is one)."}),
             "dtype": (["auto", "fp32", "fp16", "bf16", "int8"], {
-                "default": "auto", "tooltip": "auto: fp16 on CUDA, fp32 elsewhere. bf16 also "
-                "runs on the CPU, faster than fp32. int8 (CPU only): the backbone's linear "
-                "layers quantised on the fly; masks differ slightly from fp32 (see README)."}),
+                "default": "auto", "tooltip": "auto: fp16 on CUDA; on the CPU bf16 where the "
+                "CPU runs bfloat16 natively (a short probe decides; the info output says "
+                "which), else fp32; fp32 elsewhere. int8 (CPU only): the backbone's linear "
+                "layers quantised on the fly, faster than fp32 on CPUs without native "
+                "bfloat16; masks differ slightly from fp32 (see README)."}),
             "patch_order": (["auto", "current", "legacy"], {
                 "default": "auto", "tooltip": "The decoder's patch order the checkpoint was "
                 "trained with: legacy for models released before November 2024 (BiRefNet, lite, "
@@ -123,7 +128,8 @@ class BiRefNetLoader:
                                  normalization, feed, bool(compile))
             _LOADED[key] = patcher
         label = feed.describe() if normalization == "core" else normalization
-        return patcher, describe(patcher, label)
+        chosen = auto_dtype(load_device)[1] if dtype == "auto" else None
+        return patcher, describe(patcher, label, chosen)
 
     @staticmethod
     def _load(resolved, load_device, offload_device, dtype, order, normalization,
@@ -135,11 +141,12 @@ class BiRefNetLoader:
                 normalization="imagenet" if normalization == "core" else normalization,
                 resolution=feed.size if feed is not None else None, compile=compile_model)
         except birefnet_core.BiRefNetError as error:
-            raise RuntimeError(f"{NODE}: {error}") from error
+            raise RuntimeError(
+                f"{NODE}: {without_server_paths(str(error), resolved.path)}") from error
         if normalization == "core":
             network.info = dataclasses.replace(network.info, mean=feed.mean, std=feed.std)
-        patcher = comfy.model_patcher.ModelPatcher(network, load_device=load_device,
-                                                   offload_device=offload_device)
+        patcher = BiRefNetPatcher(network, load_device=load_device,
+                                  offload_device=offload_device)
         logger.info("BiRefNet: loaded %s (%s, patch order %s, normalisation %s, %s) in %.1f s",
                     os.path.basename(resolved.path), network.info.variant, network.patch_order,
                     feed.describe() if normalization == "core" else normalization,
@@ -147,12 +154,16 @@ class BiRefNetLoader:
         return patcher
 
 
-def describe(patcher, normalization: str) -> str:
+def describe(patcher, normalization: str, auto_choice: str | None = None) -> str:
+    """The info line; ``auto_choice``: why dtype auto chose what it did (e.g. "fp32: this
+    CPU has no native bfloat16")."""
     network = patcher.model
     info = network.info
     dtype = str(next(network.parameters()).dtype).removeprefix("torch.")
     if info.int8:
         dtype = "float32 with int8 linear layers"
+    if auto_choice is not None:
+        dtype += f" (dtype auto, {auto_choice})"
     compiled = compile_state(network)
     if compiled != "off":
         dtype += f", torch.compile {compiled}"

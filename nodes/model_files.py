@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import folder_paths
 
+from ..birefnet_core.errors import BiRefNetError
 from ..birefnet_core.weights.hub import resolve_checkpoint
 from ..birefnet_core.weights.known_models import IMAGENET_MEAN, IMAGENET_STD, KNOWN_MODELS
 from .tensors import NodeInputError
@@ -27,8 +28,44 @@ FOLDER = "birefnet"
 CORE_FOLDER = "background_removal"
 EXTENSIONS = {".safetensors", ".pth", ".pt", ".bin", ".ckpt"}
 CORE_CONFIG = ("background_removal", "birefnet.json")     # inside the imported comfy package
+CORE_CONFIG_NAME = "ComfyUI's comfy/background_removal/birefnet.json"    # as errors name it
 # What core's BackgroundRemovalModel uses when birefnet.json lacks a key (0.21.0 and later).
 _CORE_DEFAULTS = {"image_mean": (0.0, 0.0, 0.0), "image_std": (1.0, 1.0, 1.0), "image_size": 1024}
+
+
+def _model_folders() -> list[tuple[str, str]]:
+    """(folder name, absolute folder) of every folder BiRefNet files are taken from."""
+    ensure_model_folder()
+    return [(name, folder) for name in (FOLDER, CORE_FOLDER)
+            if name in folder_paths.folder_names_and_paths
+            for folder in folder_paths.get_folder_paths(name)]
+
+
+def public_name(path: str) -> str:
+    """``birefnet/<file>`` (or ``background_removal/<file>``): a file named relative to the
+    model folder that holds it, as ``/birefnet/models`` names it; its bare name where no model
+    folder holds it. Error texts reach every HTTP client of a server started with --listen,
+    so they never carry the server's absolute paths."""
+    for name, folder in _model_folders():
+        try:
+            relative = os.path.relpath(path, folder)
+        except ValueError:                       # another drive (Windows)
+            continue
+        if relative != os.curdir and relative.split(os.sep)[0] != os.pardir:
+            return f"{name}/{relative.replace(os.sep, '/')}"
+    return os.path.basename(path)
+
+
+def without_server_paths(text: str, *files: str) -> str:
+    """``text`` with ``files`` named by :func:`public_name` and each model folder by its name."""
+    for file in files:
+        public = public_name(file)
+        for form in {file, os.path.abspath(file), os.path.realpath(file)}:
+            text = text.replace(form, public)
+    for name, folder in sorted(_model_folders(), key=lambda entry: -len(entry[1])):
+        for form in {folder, os.path.abspath(folder), os.path.realpath(folder)}:
+            text = text.replace(form, name)
+    return text
 
 
 def ensure_model_folder() -> None:
@@ -105,11 +142,11 @@ def core_config_path() -> str | None:
     return None
 
 
-def _triple(config: dict, key: str, path: str) -> tuple[float, float, float]:
+def _triple(config: dict, key: str, name: str) -> tuple[float, float, float]:
     value = config.get(key, _CORE_DEFAULTS[key])
     if (not isinstance(value, (list, tuple)) or len(value) != 3
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise NodeInputError(f"BiRefNetLoader: {path}: {key} must be a list of 3 numbers, not "
+        raise NodeInputError(f"BiRefNetLoader: {name}: {key} must be a list of 3 numbers, not "
                              f"{value!r}; repair or reinstall ComfyUI, or choose "
                              "input_normalization imagenet")
     return tuple(float(v) for v in value)
@@ -125,15 +162,18 @@ def core_feed() -> CoreFeed:
         with open(path, encoding="utf-8") as handle:
             config = json.load(handle)
     except (OSError, ValueError) as error:
-        raise NodeInputError(f"BiRefNetLoader: cannot read ComfyUI's {path} ({error}); repair "
-                             "or reinstall ComfyUI, or choose input_normalization imagenet") from None
+        reason = str(error).replace(path, "birefnet.json")
+        raise NodeInputError(f"BiRefNetLoader: cannot read {CORE_CONFIG_NAME} ({reason}); "
+                             "repair or reinstall ComfyUI, or choose input_normalization "
+                             "imagenet") from None
     if not isinstance(config, dict):
-        raise NodeInputError(f"BiRefNetLoader: {path} is not a JSON object; repair or reinstall "
-                             "ComfyUI, or choose input_normalization imagenet")
-    mean, std = _triple(config, "image_mean", path), _triple(config, "image_std", path)
+        raise NodeInputError(f"BiRefNetLoader: {CORE_CONFIG_NAME} is not a JSON object; repair "
+                             "or reinstall ComfyUI, or choose input_normalization imagenet")
+    mean = _triple(config, "image_mean", CORE_CONFIG_NAME)
+    std = _triple(config, "image_std", CORE_CONFIG_NAME)
     size = config.get("image_size", _CORE_DEFAULTS["image_size"])
     if min(std) <= 0 or not isinstance(size, int) or size <= 0 or size % 32:
-        raise NodeInputError(f"BiRefNetLoader: {path}: image_std must be positive and "
+        raise NodeInputError(f"BiRefNetLoader: {CORE_CONFIG_NAME}: image_std must be positive and "
                              f"image_size a positive multiple of 32 (got {std}, {size!r}); repair "
                              "or reinstall ComfyUI, or choose input_normalization imagenet")
     return CoreFeed(mean, std, size, path)
@@ -162,8 +202,11 @@ def resolve_model(choice: str, node: str) -> ResolvedModel:
     if found is not None:
         return found
     if choice in KNOWN_MODELS:
-        path = resolve_checkpoint(choice, download_folder())   # raises with what to fetch where
+        try:
+            path = resolve_checkpoint(choice, download_folder())   # says what to fetch where
+        except BiRefNetError as error:
+            raise type(error)(f"{node}: {without_server_paths(str(error))}") from None
         return ResolvedModel(os.fspath(path), False, choice)
-    folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
-    raise NodeInputError(f"{node}: no model file {choice!r} in the birefnet folders ({folders}); "
-                         "put the file there and refresh, or pick a known model name")
+    raise NodeInputError(f"{node}: no model file {choice!r} in the birefnet model folders "
+                         "(models/birefnet and extra_model_paths.yaml's birefnet entries); put "
+                         "the file there and refresh, or pick a known model name")

@@ -12,10 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import comfy.model_management as mm
+import comfy.model_patcher
 import comfy.utils
 
 from ..birefnet_core import BiRefNetError
 from ..birefnet_core.inference import is_out_of_memory, predict_batched
+from ..birefnet_core.inference.memory import forward_memory_bytes
+from ..birefnet_core.inference.predict import working_size
 from .tensors import NodeInputError, parse_color
 
 
@@ -35,15 +38,83 @@ def interrupt_aware_progress(total: int | None = None):
     return report
 
 
-def loaded_model(patcher, resolution: int, node: str):
+class BiRefNetPatcher(comfy.model_patcher.ModelPatcher):
+    """ComfyUI's ModelPatcher for a BiRefNet, loaded whole or not at all.
+
+    ComfyUI's partial loading (``--lowvram``, or a GPU too full for the whole model) moves
+    module by module and leaves what it does not move on the offload device, for ComfyUI's own
+    layers that cast their weights to the device at run time. BiRefNet's layers are plain
+    torch modules: a module left behind, or a parameter or buffer its loader does not move
+    (the 2024 loader moves only modules with a ``weight``, so Swin's relative-position tables
+    stay behind; 0.21.0 moves only modules that fit), is a device mismatch at the forward.
+    So every load here is a full load (``model.to(device)``: buffers follow their weights),
+    and a partial unload frees nothing, for ComfyUI to unload the whole model instead.
+    When the model is unloaded or moved, its caches (packed CPU kernels, Swin's per-size
+    window tables; ``BiRefNet.release_caches``) are released.
+    """
+
+    def patch_model_lowvram(self, device_to=None, *_args, **_kwargs):   # ComfyUI 2024
+        return self.patch_model(device_to)
+
+    def patch_model(self, device_to=None, *args, **kwargs):
+        self._release_before_moving(device_to)
+        return super().patch_model(device_to, *args, **kwargs)
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False,
+             full_load=False):                                             # ComfyUI 0.3+
+        self._release_before_moving(device_to)
+        return super().load(device_to, lowvram_model_memory=lowvram_model_memory,
+                            force_patch_weights=force_patch_weights, full_load=True)
+
+    def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
+        return 0
+
+    def _release_before_moving(self, device_to) -> None:
+        if device_to is not None and _model_device(self.model) != torch.device(device_to):
+            release_model_caches(self.model)
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        result = super().unpatch_model(device_to, unpatch_weights=unpatch_weights)
+        if unpatch_weights:
+            release_model_caches(self.model)
+        return result
+
+
+def release_model_caches(model) -> None:
+    """``model.release_caches()`` where the model has it (BiRefNet does)."""
+    release = getattr(model, "release_caches", None)
+    if callable(release):
+        release()
+
+
+def _model_device(model) -> torch.device | None:
+    parameter = next(model.parameters(), None)
+    return None if parameter is None else parameter.device
+
+
+def loaded_model(patcher, resolution: int, node: str, batch: int = 1):
     """The network of a BIREFNET_MODEL, on ComfyUI's device, once ``resolution`` is checked
-    (for nodes that call birefnet_core themselves; run them inside ``model_errors``)."""
+    (for nodes that call birefnet_core themselves; run them inside ``model_errors``). ComfyUI
+    is told what a forward of ``batch`` images at that resolution needs on the device, so it
+    frees other models for it first."""
     problem = resolution_problem(resolution, node)
     if problem:
         raise NodeInputError(problem)
-    mm.load_models_gpu([patcher])
+    load_for_forward(patcher, resolution, batch)
     mm.throw_exception_if_processing_interrupted()
     return patcher.model
+
+
+def load_for_forward(patcher, resolution: int, batch: int) -> None:
+    """``load_models_gpu`` with ``memory_required``: the forward's estimated peak
+    (birefnet_core.inference.memory) for ``batch`` images at ``resolution`` (0: the model's)."""
+    network = patcher.model
+    height, width = working_size(network, resolution or None)
+    dtype = next(network.parameters()).dtype
+    variant = getattr(getattr(network, "info", None), "variant", None)   # None: the largest
+    need = forward_memory_bytes(variant, height, width, dtype, batch,
+                                torch.device(patcher.load_device))
+    mm.load_models_gpu([patcher], memory_required=need)
 
 
 def per_image(node: str, step: Callable[..., torch.Tensor], *batches: torch.Tensor) -> torch.Tensor:
@@ -75,7 +146,7 @@ def resolution_problem(resolution: int, node: str) -> str | None:
 def run_model(patcher, images: torch.Tensor, resolution: int, batch_size: int,
               node: str) -> torch.Tensor:
     """(B, 3, H, W) on any device -> masks (B, 1, H, W) on ComfyUI's intermediate device."""
-    network = loaded_model(patcher, resolution, node)
+    network = loaded_model(patcher, resolution, node, batch=min(batch_size, images.shape[0]))
     with model_errors(node, "image"):
         return predict_batched(
             network, images, resolution=resolution or None, batch_size=batch_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..birefnet_core import estimate_foreground, segment_region
+from ..birefnet_core.inference.region import GUIDE_THRESHOLD
 from .preview import with_preview
 from .runtime import (
     interrupt_aware_progress,
@@ -21,6 +22,7 @@ from .tensors import (
     mask_to_nchw,
     nchw_to_image,
     nchw_to_mask,
+    NodeInputError,
     parse_color,
 )
 
@@ -102,9 +104,19 @@ class BiRefNetSegment:
         return nchw_to_mask(masks), nchw_to_image(cutout), nchw_to_image(composite)
 
 
+# Load Image's MASK output for a photo without a painted mask is a 64x64 placeholder of zeros.
+EMPTY_GUIDE = (f"{NODE}: the guide mask is empty (nothing marks the subject; a Load Image whose "
+               "photo has no painted mask gives an empty 64x64 one): paint the subject in the "
+               "mask editor (right-click the Load Image node, Open in MaskEditor, save), or "
+               "connect a mask from SAM3 Detect or another selector; or disconnect guide to cut "
+               "out the whole image's subject")
+
+
 def guided_masks(model, rgb: torch.Tensor, guide: torch.Tensor, resolution: int) -> torch.Tensor:
     """(B, 3, H, W) and a MASK guide -> masks of the guided subject (B, 1, H, W)."""
     subject = mask_to_nchw(guide, NODE)
+    if not bool((subject > GUIDE_THRESHOLD).any()):          # before the size: any size
+        raise NodeInputError(EMPTY_GUIDE)
     check_same_size(NODE, rgb, subject)
     subject = broadcast_batches(NODE, image=rgb, guide=subject)["guide"]
     network = loaded_model(model, resolution, NODE)

@@ -11,7 +11,13 @@ import comfy.utils
 from .. import birefnet_core
 from ..birefnet_core.inference import STABILIZE_METHODS
 from .preview import with_preview
-from .runtime import fit_background, model_errors, resolution_problem, settings_problem
+from .runtime import (
+    fit_background,
+    load_for_forward,
+    model_errors,
+    resolution_problem,
+    settings_problem,
+)
 from .tensors import NodeInputError, color_image, image_to_nchw, parse_color
 
 NODE = "BiRefNetVideoMatte"
@@ -90,7 +96,9 @@ class BiRefNetVideoMatte:
                      and frames.device == keep)
         outputs = _Outputs(count, height, width, keep,
                            reuse_frames=frames if plain_rgb and not refine_edges else None)
-        mm.load_models_gpu([model])
+        # auto (0) is decided on the device the model runs on: 1 frame on the CPU, 4 elsewhere
+        on_cpu = torch.device(model.load_device).type == "cpu"
+        load_for_forward(model, resolution, batch_size or (1 if on_cpu else 4))
         bar = comfy.utils.ProgressBar(count)
 
         def between_passes(_done: int, _total: int) -> None:

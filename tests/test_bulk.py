@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import pytest
@@ -21,9 +21,10 @@ from birefnet_core import estimate_foreground, load_model
 from birefnet_core.bulk import BulkError, run
 from birefnet_core.bulk.manifest import COLUMNS, Manifest
 from birefnet_core.bulk.pipeline import INSTALL_HINT
-from birefnet_core.bulk.sources import list_sources
+from birefnet_core.bulk.sources import list_sources, stem_of
 from birefnet_core.bulk.stages import MaskPredictor, objects, read_bytes
 from birefnet_core.cli import main as cli_main
+from birefnet_core.data.images import output_paths
 from birefnet_core.errors import InputError
 from tests.synthetic import synthetic_float_weights
 
@@ -288,6 +289,31 @@ def test_sources(tmp_path: Path) -> None:
         list_sources(str(tmp_path / "absent"))
     with pytest.raises(InputError, match="holds input images"):       # before Ray is needed
         run(tmp_path / "a", tmp_path / "a", progress=False)
+
+
+def test_a_recursive_pattern_leaves_out_the_output_folder_inside_it(tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "a", 1) + _photos(tmp_path / "a" / "b", 1, first_seed=5)
+    out = tmp_path / "a" / "cutouts"              # outputs of an earlier run, inside the tree
+    out.mkdir()
+    for suffix in ("_mask", "_cutout"):
+        Image.new("L", (8, 8)).save(out / f"{photos[0].stem}{suffix}.png")
+    pattern = str(tmp_path / "a" / "**" / "*")
+    images, ignored = list_sources(pattern, output=out)
+    assert images == sorted(str(p.resolve()) for p in photos)
+    assert sorted(Path(f).name for f in ignored) == sorted(p.name for p in out.iterdir())
+    # Without the output folder the pattern takes the earlier outputs as inputs.
+    assert len(list_sources(pattern)[0]) == len(images) + 2
+    with pytest.raises(InputError, match="holds input images"):   # outputs among the inputs
+        run(str(out / "*.png"), out, progress=False)
+
+
+def test_uri_names_cannot_lead_outputs_out_of_the_output_folder() -> None:
+    folder = PureWindowsPath("C:/out")
+    for uri in ("s3://bucket/a\\..\\..\\evil.png", "s3://bucket/C:evil.png",
+                "gs://bucket/dir/x\\y.jpg", "s3://bucket/a|b?.png"):
+        for path in output_paths(folder, stem_of(uri)):
+            assert path.parent == folder, (uri, path)
+    assert stem_of("s3://bucket/dir/photo.v2.jpg") == "photo.v2"    # ordinary names unchanged
 
 
 def test_manifest_survives_a_half_written_line(tmp_path: Path) -> None:

@@ -130,19 +130,31 @@ def test_bad_resolution_is_a_usage_error(tmp_path: Path, images: dict[str, Path]
 
 def test_int8_and_compile_options(checkpoint: Path, images: dict[str, Path],
                                   tmp_path: Path) -> None:
-    """--dtype int8 runs and says so; --compile runs (compiled, or eager with a warning where
-    this machine cannot compile) and writes the same masks as the plain model up to rounding."""
+    """--dtype int8 runs and says so; --compile says what happened: "compiled" where inductor
+    built the graphs, "fell back to eager (why)" where it could not (forced here by naming a
+    C++ compiler that does not exist, with an empty inductor cache); both write the plain
+    model's masks up to rounding."""
     plain = run_cli(images["rgb"], "-o", tmp_path / "plain", "--model", checkpoint,
                     "--resolution", RESOLUTION, "--device", "cpu")
     int8 = run_cli(images["rgb"], "-o", tmp_path / "int8", "--model", checkpoint,
                    "--resolution", RESOLUTION, "--device", "cpu", "--dtype", "int8")
     compiled = run_cli(images["rgb"], "-o", tmp_path / "compiled", "--model", checkpoint,
                        "--resolution", RESOLUTION, "--device", "cpu", "--compile")
-    for done in (plain, int8, compiled):
+    no_compiler = {"CXX": str(tmp_path / "no-such-c++"),
+                   "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}
+    fell_back = run_cli(images["rgb"], "-o", tmp_path / "fell_back", "--model", checkpoint,
+                        "--resolution", RESOLUTION, "--device", "cpu", "--compile",
+                        env=no_compiler)
+    for done in (plain, int8, compiled, fell_back):
         assert done.returncode == 0, done.stderr
-    assert "int8 linear layers" in int8.stderr and "compiled" in compiled.stderr
+    assert "int8 linear layers" in int8.stderr
+    assert "torch.compile: compiled" in compiled.stderr, compiled.stderr
+    assert "fell back" not in compiled.stderr
+    assert "torch.compile: fell back to eager" in fell_back.stderr, fell_back.stderr
+    assert "torch.compile: compiled" not in fell_back.stderr
 
     def mask(folder: str) -> np.ndarray:
         return np.asarray(Image.open(tmp_path / folder / "photo_mask.png"), dtype=np.int16)
     assert np.abs(mask("compiled") - mask("plain")).max() <= 1          # 8-bit rounding
+    assert np.array_equal(mask("fell_back"), mask("plain"))            # the same eager model
     assert 0 < np.abs(mask("int8") - mask("plain")).max() <= 0.02 * 255 + 1  # README's bound

@@ -11,7 +11,9 @@ import torch
 import birefnet_core
 from birefnet_core import InputError, predict, refine_detail, segment_region
 from birefnet_core.inference.region import guide_box
-from birefnet_core.inference.tiles import band_pixels, cover_band, taper, window_weight
+from birefnet_core.inference.predict import working_size
+from birefnet_core.inference.tiles import (band_pixels, band_weight, cover_band, plan_tiles, taper,
+                                          window_weight)
 from tests.oracle import (ResolutionLimitedOracle, composite, scene, scene_alpha,
                          tile_border_pairs)
 from tests.synthetic import synthetic_float_weights
@@ -152,21 +154,52 @@ def test_batch_rows_are_independent():
     assert not torch.allclose(together[0], together[1], atol=1e-3)
 
 
-def test_real_network_runs_on_tiles():
-    model = birefnet_core.load_model(synthetic_float_weights("pvt_v2_b0"), resolution=64)
-    image = torch.rand(1, 3, 70, 100, generator=torch.Generator().manual_seed(0))
-    refined = refine_detail(model, image, batch_size=4)
-    assert refined.shape == (1, 1, 70, 100) and 0 <= refined.min() and refined.max() <= 1
+def _tiles_one_by_one(model, image, coarse, band, overlap=0.25):
+    """refine_detail's blend written out for one image, one window at a time: each window's
+    own prediction (at the plan's network size), weighted by window_weight, normalised, then
+    mixed into the coarse mask by band_weight. (1, 1, H, W)."""
+    mask = coarse[0, 0]
+    height, width = mask.shape
+    plan = plan_tiles(band_pixels(mask, band), working_size(model, None), 1.0, overlap, 128)
+    assert plan.windows                             # the band needs tiles
+    blended, weights = torch.zeros(height, width), torch.zeros(height, width)
+    for top, left, h, w in plan.windows:
+        tile = predict(model, image[..., top:top + h, left:left + w],
+                       resolution=plan.network_size)[0, 0]
+        weight = window_weight((top, left, h, w), (height, width), overlap)
+        blended[top:top + h, left:left + w] += weight * tile
+        weights[top:top + h, left:left + w] += weight
+    tiles = blended / weights.clamp(min=1e-12)
+    return mask.lerp(tiles, band_weight(mask, band)).clamp(0, 1)[None, None]
 
 
-@pytest.mark.parametrize("height, width", [(45, 70), (70, 45), (20, 20)])
-def test_real_network_on_an_image_smaller_than_a_tile(height, width):
-    # A window cut short by the image is still given to the network at a size it can take
-    # (PVT-v2's half-scale stage 1 needs 64 pixels); the result has the image's own size.
+def _batching_bound(masks: torch.Tensor) -> float:
+    """Masks of the same crops predicted in batches of 4 or alone: float32 reassociation in
+    other kernels, within 64 float32 ulps of the logits' scale (reassociation only), and
+    sigmoid's slope is at most 1/4."""
+    logits = torch.logit(masks.double().clamp(1e-6, 1 - 1e-6))
+    return 64 * torch.finfo(torch.float32).eps * float(logits.abs().max()) / 4
+
+
+@pytest.mark.parametrize("height, width", [(150, 230), (45, 70), (70, 45), (20, 20)])
+def test_real_network_tiles_land_where_they_belong(height, width):
+    # The real network (PVT-v2-b0, 64 px working size) on tiles: the batched result equals the
+    # blend of each window's own prediction. Images smaller than a tile are given to the
+    # network at a size it can take (PVT-v2's half-scale stage 1 needs 64 pixels).
     model = birefnet_core.load_model(synthetic_float_weights("pvt_v2_b0"), resolution=64)
-    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(1))
-    refined = refine_detail(model, image, batch_size=2)
-    assert refined.shape == (1, 1, height, width) and torch.isfinite(refined).all()
+    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(height))
+    coarse = predict(model, image)
+    band = 8
+    refined = refine_detail(model, image, coarse, band=band, batch_size=4)
+    expected = _tiles_one_by_one(model, image, coarse, band)
+    assert refined.shape == (1, 1, height, width)
+    assert (refined - expected).abs().max() <= _batching_bound(expected)
+    outside = ~band_pixels(coarse[0, 0], band)
+    assert torch.equal(refined[0, 0][outside], coarse[0, 0][outside])   # untouched there
+    if max(height, width) <= 64:        # one window, the whole image at the working size:
+        assert torch.equal(refined, coarse)           # the tile is the coarse pass itself
+    else:
+        assert (refined - coarse).abs().max() > 100 * _batching_bound(expected)   # tiles acted
 
 
 def test_bfloat16_model():
@@ -231,8 +264,13 @@ def test_bad_input_is_named():
         refine_detail(oracle, image, overlap=0.7)
     with pytest.raises(InputError, match="multiple of 32"):
         refine_detail(oracle, image, tile_size=100)
-    with pytest.raises(InputError, match="guide of image 0 is empty"):
+    with pytest.raises(InputError, match="the guide is empty"):
         segment_region(oracle, image, torch.zeros(1, 1, 60, 80))
+    with pytest.raises(InputError, match="the guide is empty"):      # before the size check
+        segment_region(oracle, image, torch.zeros(1, 1, 64, 64))
+    with pytest.raises(InputError, match="guide of image 1 is empty"):
+        segment_region(oracle, image.expand(2, -1, -1, -1),
+                       torch.stack([torch.ones(1, 60, 80), torch.zeros(1, 60, 80)]))
     with pytest.raises(InputError, match="guide is"):
         segment_region(oracle, image, torch.ones(1, 1, 30, 80))
 

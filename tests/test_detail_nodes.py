@@ -101,7 +101,7 @@ def test_segment_guide_picks_one_subject(patcher):
     expected = core.segment_region(patcher.model, image.permute(0, 3, 1, 2), guide[:, None],
                                    resolution=64)
     assert torch.allclose(mask, expected[:, 0], atol=1e-6)
-    with pytest.raises(ValueError, match="BiRefNetSegment: the guide of image 0 is empty"):
+    with pytest.raises(ValueError, match="BiRefNetSegment: the guide mask is empty"):
         nodes.BiRefNetSegment().segment(patcher, image, guide=torch.zeros(1, 80, 160), **SEGMENT)
     with pytest.raises(ValueError, match="BiRefNetSegment: the mask is 64x64"):
         nodes.BiRefNetSegment().segment(patcher, image, guide=torch.ones(1, 64, 64), **SEGMENT)

@@ -212,7 +212,9 @@ def run_one(client: ComfyClient, workflow: dict, node_id: str, image: Path, out:
     entry = client.wait(client.queue(job))
     files = {}
     for node_output in entry.get("outputs", {}).values():
-        for item in node_output.get("images", []):
+        # core's savers list their files under "images"; BiRefNet Save Matte's clips and
+        # sequences are under "matte_files" (its "images" is a temporary preview)
+        for item in node_output.get("images", []) + node_output.get("matte_files", []):
             if item.get("type", "output") == "output":
                 files[out / f"{image.stem}__{Path(item['filename']).name}"] = client.download(item)
     for path, data in files.items():

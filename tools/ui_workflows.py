@@ -4,23 +4,20 @@ each API workflow is loaded with ``app.loadApiJson`` (which creates and arranges
 serialised with ``app.graph.serialize()`` and photographed with the view fitted to the graph.
 
 Used by tools/build_workflows.py --ui; the server must have the pack and every node the
-workflows use (a current ComfyUI for the video nodes). The example photo (assets/example.jpg)
-and a plain background are uploaded to the server first, so the loaders show them; a video
-for LoadVideo must already be in the server's input folder. The current frontend's menus and
-notices are hidden (focus mode) for the picture.
+workflows use (a current ComfyUI for the video nodes) and, in its input folder, ComfyUI's own
+``example.png`` (every install ships it; the loaders show it) and a video named as 04's
+LoadVideo names it. The current frontend's menus and notices are hidden (focus mode) for the
+picture.
 """
 from __future__ import annotations
 
-import io
 import json
 import urllib.request
-import uuid
 from pathlib import Path
 
-from tools.workflow_sources import EXAMPLE_BACKGROUND, EXAMPLE_IMAGE
+from tools.workflow_sources import EXAMPLE_IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_PHOTO = ROOT / "assets" / "example.jpg"
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -110,7 +107,7 @@ def write_ui_files(server: str, folder: Path, names: list[str]) -> list[Path]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 900})
-        upload_examples(server)
+        check_example_inputs(server)
         for name in names:
             _open_fresh(page, server)                  # no previews left from the last one
             api = json.loads((folder / f"{name}.api.json").read_text(encoding="utf-8"))
@@ -132,31 +129,15 @@ def write_ui_files(server: str, folder: Path, names: list[str]) -> list[Path]:
     return written
 
 
-def upload_examples(server: str) -> None:
-    """The example photo and a background as the example input names (POST /upload/image)."""
-    from PIL import Image
-    with Image.open(EXAMPLE_PHOTO) as photo:
-        _upload(server, EXAMPLE_IMAGE, photo.convert("RGB"))
-    ramp = Image.linear_gradient("L").resize((640, 480))     # 0 at the top, 255 at the bottom
-    sky = [ramp.point(lambda v, top=top, bottom=bottom: top + (bottom - top) * v // 255)
-           for top, bottom in ((90, 175), (140, 204), (200, 150))]
-    _upload(server, EXAMPLE_BACKGROUND, Image.merge("RGB", sky))
-
-
-def _upload(server: str, name: str, image) -> None:
-    data = io.BytesIO()
-    image.save(data, format="PNG")
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
-            f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + \
-        data.getvalue() + (f"\r\n--{boundary}\r\nContent-Disposition: form-data; "
-                           f"name=\"overwrite\"\r\n\r\ntrue\r\n--{boundary}--\r\n").encode()
-    request = urllib.request.Request(
-        f"{server}/upload/image", data=body, method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+def check_example_inputs(server: str) -> None:
+    """The workflows' photo must be the server's own example.png: not uploaded, so that the
+    thumbnails show what a fresh install shows."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback, no proxy
-    with opener.open(request, timeout=30) as reply:
-        reply.read()
+    with opener.open(f"{server}/object_info/LoadImage", timeout=30) as reply:
+        choices = json.load(reply)["LoadImage"]["input"]["required"]["image"][0]
+    if EXAMPLE_IMAGE not in choices:
+        raise SystemExit(f"the server at {server} has no input/{EXAMPLE_IMAGE}: copy it from a "
+                         "ComfyUI source tree's input folder (every ComfyUI ships one)")
 
 
 def rooms() -> dict[str, int]:

@@ -3,16 +3,23 @@ tools/build_workflows.py writes ``workflows/<name>.api.json`` and, through the r
 the UI-format ``workflows/<name>.json`` and its thumbnail.
 
 Node ids are numbers (as strings) so every frontend loads them; each node has a ``_meta``
-title. Inputs that name files (images, videos, checkpoints) hold example names the user
-replaces; the BiRefNet model is a known name, downloaded on first use.
+title. Photos are ComfyUI's own ``input/example.png``, which every install ships, so the
+workflows that need nothing else (01, 03, 05, 06) validate and run as downloaded. Where the
+user must supply a file (04's video, 02's Stable Diffusion checkpoint) or act on one (07: paint
+the subject in the mask editor), the node's title says so. The BiRefNet model is a known
+name, downloaded on first use.
 """
 from __future__ import annotations
 
-EXAMPLE_IMAGE = "birefnet_example.png"
-EXAMPLE_BACKGROUND = "birefnet_background.png"
-EXAMPLE_VIDEO = "birefnet_example.mp4"
-EXAMPLE_MASKED = "birefnet_example_masked.png"    # RGBA: the subject painted in the mask editor
+EXAMPLE_IMAGE = "example.png"           # in every ComfyUI's input folder
+EXAMPLE_BACKGROUND = EXAMPLE_IMAGE      # 03 blurs the photo itself; 04 puts the video on it
+EXAMPLE_MASKED = EXAMPLE_IMAGE          # 07: the photo, once the subject is painted on it
+EXAMPLE_VIDEO = "your_video.mp4"        # no ComfyUI ships a video: the user picks one
 SD_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+PICK_VIDEO = "Video (pick your video file)"
+PICK_BACKGROUND = "New background (pick a photo)"
+PAINT_SUBJECT = "Photo: paint the subject in MaskEditor"
+PICK_SD_CHECKPOINT = "SD checkpoint (pick yours)"
 MODEL = "BiRefNet"
 
 
@@ -67,8 +74,7 @@ def sd_compositing() -> dict:
         "2": _loader(),
         "3": _segment(["2", 0], ["1", 0]),
         "4": _refine(["1", 0], ["3", 0]),
-        "10": _node("CheckpointLoaderSimple", "Stable Diffusion checkpoint",
-                    ckpt_name=SD_CHECKPOINT),
+        "10": _node("CheckpointLoaderSimple", PICK_SD_CHECKPOINT, ckpt_name=SD_CHECKPOINT),
         "11": _node("CLIPTextEncode", "Background prompt", text=prompt, clip=["10", 1]),
         "12": _node("CLIPTextEncode", "Negative prompt", text=negative, clip=["10", 1]),
         "13": _node("EmptyLatentImage", "Background size", width=768, height=512, batch_size=1),
@@ -96,10 +102,13 @@ def sd_compositing() -> dict:
 
 
 def background_replacement() -> dict:
-    """3. The subject over another photo and over a flat colour, edges decontaminated."""
+    """3. The subject over another background and over a flat colour, edges decontaminated.
+    The new background is the photo itself blurred (a portrait-mode look); load another photo
+    and connect it to the composite's background instead."""
     return {
         "1": _node("LoadImage", "Photo", image=EXAMPLE_IMAGE),
-        "2": _node("LoadImage", "New background", image=EXAMPLE_BACKGROUND),
+        "2": _node("ImageBlur", "Background: blurred photo",
+                   image=["1", 0], blur_radius=31, sigma=10.0),
         "3": _loader(),
         "4": _segment(["3", 0], ["1", 0]),
         "5": _refine(["1", 0], ["4", 0], guided_radius=2, guided_eps=0.001, band=6),
@@ -116,9 +125,9 @@ def background_replacement() -> dict:
 def video_matting() -> dict:
     """4. A video's subject over a new background, saved as a video with the original audio."""
     return {
-        "1": _node("LoadVideo", "Video", file=EXAMPLE_VIDEO),
+        "1": _node("LoadVideo", PICK_VIDEO, file=EXAMPLE_VIDEO),
         "2": _node("GetVideoComponents", "Frames, audio, fps", video=["1", 0]),
-        "3": _node("LoadImage", "New background", image=EXAMPLE_BACKGROUND),
+        "3": _node("LoadImage", PICK_BACKGROUND, image=EXAMPLE_BACKGROUND),
         "4": _loader("BiRefNet_lite"),
         "5": _node("BiRefNetVideoMatte", "BiRefNet Video Matte", model=["4", 0],
                    frames=["2", 0], resolution=0, batch_size=0, stabilize=0.5,
@@ -170,9 +179,10 @@ def large_photo_detail() -> dict:
 def guided_subject() -> dict:
     """7. One subject of several: paint over it in the mask editor (right-click the photo,
     Open in MaskEditor); the painted mask is Segment's guide, so BiRefNet cuts out that
-    subject at its full working resolution and nothing else."""
+    subject at its full working resolution and nothing else. Run before anything is painted,
+    Segment says to paint the subject (or connect a SAM3 Detect mask)."""
     return {
-        "1": _node("LoadImage", "Photo (paint the subject)", image=EXAMPLE_MASKED),
+        "1": _node("LoadImage", PAINT_SUBJECT, image=EXAMPLE_MASKED),
         "2": _loader(),
         "3": _segment(["2", 0], ["1", 0], guide=["1", 1]),
         "4": _refine(["1", 0], ["3", 0]),

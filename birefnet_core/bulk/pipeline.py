@@ -62,7 +62,8 @@ class BulkSummary:
         if self.failures:
             lines.append("failed: " + listing(f"{path}: {error}" for path, error in self.failures))
         if self.ignored:
-            lines.append("left out (not an image suffix): " + listing(self.ignored))
+            lines.append("left out (not an image suffix, or inside the output folder): "
+                         + listing(self.ignored))
         return "\n".join(lines)
 
 
@@ -82,8 +83,8 @@ def run(source: str, output: str | Path, *, model: str = "BiRefNet",
     BulkError when the run cannot start; single images that fail are in the summary."""
     if actors < 1:
         raise InputError(f"actors must be at least 1, got {actors}")
-    images, ignored = list_sources(str(source))
     out_dir = Path(output).expanduser()
+    images, ignored = list_sources(str(source), output=out_dir)
     if any(not is_uri(image) and Path(image).parent == out_dir.resolve() for image in images):
         raise InputError(f"--output {out_dir} holds input images: its cut-outs would be taken "
                          "for inputs by the next run; write them to another folder")

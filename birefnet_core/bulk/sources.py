@@ -35,9 +35,18 @@ def remote_filesystem(uri: str):
     return fs.FileSystem.from_uri(uri)
 
 
+# Characters a URI's file name may hold that Windows reads as a separator, a drive or a device
+# stream: the outputs of s3://b/a\..\..\x.png would be written above --output on Windows.
+_UNSAFE_IN_NAMES = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
 def stem_of(location: str) -> str:
-    """The name the outputs are given: the file name without its suffix, as the CLI does."""
-    return PurePosixPath(location).stem if is_uri(location) else Path(location).stem
+    """The name the outputs are given: the file name without its suffix, as the CLI does.
+    A URI's name can hold any character: those a local file name cannot hold become ``_``, so
+    the outputs stay inside the output folder on every system."""
+    if not is_uri(location):
+        return Path(location).stem
+    return _UNSAFE_IN_NAMES.sub("_", PurePosixPath(location).stem)
 
 
 def _has_image_suffix(location: str) -> bool:
@@ -99,11 +108,24 @@ def _local_listing(location: str) -> list[str]:
     raise InputError(f"--input {location}: no such file, folder or matching files")
 
 
-def list_sources(location: str) -> tuple[list[str], list[str]]:
-    """(images to process, files left out because their suffix is not an image's).
+def _nested_output(location: str, output: Path | None) -> Path | None:
+    """The output folder (resolved) when a local pattern's fixed folder holds it below itself
+    (``photos/**/*.png`` with outputs in ``photos/cutouts``), else None."""
+    wildcard = _WILDCARD.search(location)
+    if output is None or wildcard is None or is_uri(location):
+        return None
+    base = Path(os.path.dirname(os.path.expanduser(location[:wildcard.start()])) or ".")
+    output = Path(output).expanduser().resolve()
+    return output if base.resolve() in output.parents else None
+
+
+def list_sources(location: str, output: Path | None = None) -> tuple[list[str], list[str]]:
+    """(images to process, files left out: their suffix is not an image's, or a pattern found
+    them inside the folder ``output``, where they are the outputs of earlier runs).
 
     Files named in a list are all taken (a non-image among them is reported by the run)."""
     remote = is_uri(location)
+    outputs = _nested_output(location, output)
     suffix = PurePosixPath(location.replace("\\", "/")).suffix.lower()
     if suffix in LIST_SUFFIXES and not _WILDCARD.search(location):
         if not remote and not Path(location).expanduser().is_file():
@@ -111,8 +133,9 @@ def list_sources(location: str) -> tuple[list[str], list[str]]:
         images, ignored = _read_list(str(Path(location).expanduser()) if not remote else location), []
     else:
         found = _remote_listing(location) if remote else _local_listing(location)
-        images = [f for f in found if _has_image_suffix(f)]
-        ignored = [f for f in found if not _has_image_suffix(f)]
+        images = [f for f in found if _has_image_suffix(f)
+                  and not (outputs is not None and outputs in Path(f).parents)]
+        ignored = [f for f in found if f not in images]
     if not images:
         raise InputError(f"--input {location} holds no images (files with a suffix among "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))}, or a .txt list of paths)")

@@ -14,7 +14,7 @@ from ..errors import BiRefNetError
 from ..weights.hub import default_models_dir, resolve_checkpoint
 from ..weights.loading import load_model
 from .graph import DEFAULT_OPSET, MIN_OPSET, export_onnx
-from .runtime import CPU_ADVICE
+from .runtime import CPU_ADVICE, cpu_advice
 
 
 def _size(text: str) -> int:
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"wrote {', '.join(str(f) for f in report.files)} ({report.bytes / 2**20:.1f} MiB in "
           f"{report.seconds:.0f} s; passes onnx.checker)\nrun it: python -m birefnet_core "
-          f"IMAGES -o DIR --model {output}\nadvice: {CPU_ADVICE}", file=sys.stderr)
+          f"IMAGES -o DIR --model {output}\nadvice: {cpu_advice()}", file=sys.stderr)
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import BiRefNetError
+from ..errors import BiRefNetError, CheckpointError
 from ..network.compiled import compile_state
 from ..network.model import BiRefNet
 
@@ -82,6 +82,42 @@ def export_metadata(model: BiRefNet, *, dtype: str, dynamic: bool,
         "source": Path(info.source).name,
         "torch": torch.__version__,
     }.items()}
+
+
+_NEEDED_FIELDS = ("variant", "patch_order", "mean", "std", "resolution", "output",
+                  "dynamic_size", "size", "dtype")
+_LIST_FIELDS = {"mean": 3, "std": 3, "resolution": 2, "size": 2}     # field: its length
+
+
+def _number_list(fields: dict[str, str], key: str, source: str) -> tuple[float | int, ...]:
+    """A JSON list of numbers written by :func:`export_metadata`; a CheckpointError if not."""
+    try:
+        value = json.loads(fields[key])
+    except ValueError:
+        value = None
+    if (not isinstance(value, list) or len(value) != _LIST_FIELDS[key]
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise CheckpointError(f"{source}: its metadata {METADATA_PREFIX}{key} must be a list of "
+                              f"{_LIST_FIELDS[key]} numbers, not {fields[key]!r}; export the file "
+                              "again with python -m birefnet_core.export")
+    return tuple(value)
+
+
+def decode_export_metadata(metadata: dict[str, str], source: str) -> dict:
+    """The birefnet.* metadata of an exported file, decoded (what :func:`export_metadata`
+    wrote); a CheckpointError naming the fix if any field is absent or malformed."""
+    fields = {k[len(METADATA_PREFIX):]: v for k, v in metadata.items()
+              if k.startswith(METADATA_PREFIX)}
+    missing = [k for k in _NEEDED_FIELDS if k not in fields]
+    if missing:
+        raise CheckpointError(f"{source} carries no BiRefNet export metadata "
+                              f"({', '.join(missing)} missing): export it with python -m "
+                              "birefnet_core.export")
+    decoded: dict = dict(fields)
+    for key in _LIST_FIELDS:
+        decoded[key] = _number_list(fields, key, source)
+    decoded["dynamic_size"] = fields["dynamic_size"] == "true"
+    return decoded
 
 
 def _dynamic_shapes(dynamic: bool) -> dict:

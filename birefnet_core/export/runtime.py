@@ -8,7 +8,6 @@ prepares float32 inputs on the CPU; onnxruntime moves them to its own device.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,15 +16,39 @@ import torch
 import torch.nn as nn
 
 from ..errors import BiRefNetError, CheckpointError, InputError
+from ..network import cpu_features
 from ..weights.loading import ModelInfo
-from .graph import METADATA_PREFIX
+from .graph import decode_export_metadata
 
 GRAPH_OPTIMIZATIONS = ("all", "extended", "basic", "none")
-# Which engine a CPU user should run (README, "Export"; python bench/bench_onnx.py --only speed).
-CPU_ADVICE = ("on a CPU, run the checkpoint itself with --dtype bf16: Swin-T at 1024x1024 took "
-              "2.24 s there against 4.84 s for this file in onnxruntime (4.06 s PyTorch "
-              "float32) on the project's 2-core CPU; the .onnx file is for runtimes without "
-              "PyTorch (onnxruntime elsewhere, TensorRT)")
+# Which engine a CPU user should run (README, "Export"; python bench/bench_onnx.py --only speed),
+# for help texts that cannot probe the CPU; ``cpu_advice`` follows the CPU it runs on.
+CPU_ADVICE = ("on a CPU, run the checkpoint itself: with --dtype bf16 where the CPU runs "
+              "bfloat16 natively (Swin-T at 1024x1024 took 2.24 s on the project's AMD EPYC "
+              "against 4.84 s for this file in onnxruntime, 4.06 s PyTorch float32), else "
+              "--dtype int8 or fp32 (dtype auto picks bf16 or fp32 by the CPU); the .onnx file "
+              "is for runtimes without PyTorch (onnxruntime elsewhere, TensorRT)")
+
+
+def cpu_advice() -> str:
+    """Which engine to run on this CPU, by its bfloat16 probe (network.cpu_features)."""
+    support = cpu_features.cpu_bf16()
+    if support.native:
+        return ("this CPU runs bfloat16 natively: run the checkpoint itself with --dtype bf16 "
+                "(dtype auto picks it): Swin-T at 1024x1024 took 2.24 s on the project's AMD "
+                "EPYC against 4.84 s for this file in onnxruntime; the .onnx file is for "
+                "runtimes without PyTorch (onnxruntime elsewhere, TensorRT)")
+    return (f"this CPU has no native bfloat16 ({support.evidence}), so bf16 would be slower "
+            f"than fp32 here: run the checkpoint itself with --dtype int8 ({INT8_NOTE}) or "
+            "fp32 (dtype auto); the .onnx file is for runtimes without PyTorch (onnxruntime "
+            "elsewhere, TensorRT)")
+
+
+# int8 against float32 where bfloat16 is not native (README "Which dtype on a CPU"): on the
+# Intel Xeon, python bench/bench_cpu_paths.py --dtypes fp32 int8 bf16 --cpu-time.
+INT8_NOTE = ("on an Intel Xeon without native bfloat16, Swin-T at 1024x1024 on one thread took "
+             "6.11 s in int8 against 7.03 s in fp32 and 9.43 s in bf16, int8 masks within "
+             "0.005 of fp32's")
 
 
 class OnnxRuntimeMissingError(BiRefNetError, ImportError):
@@ -48,19 +71,7 @@ def _import_onnxruntime():
 
 def read_export_metadata(metadata: dict[str, str], source: str) -> dict:
     """The birefnet.* metadata of an exported file, decoded; a clear error if absent."""
-    fields = {k[len(METADATA_PREFIX):]: v for k, v in metadata.items()
-              if k.startswith(METADATA_PREFIX)}
-    needed = ("variant", "patch_order", "mean", "std", "resolution", "output", "dynamic_size",
-              "size", "dtype")
-    missing = [k for k in needed if k not in fields]
-    if missing:
-        raise CheckpointError(f"{source} carries no BiRefNet export metadata ({', '.join(missing)} "
-                              "missing): export it with python -m birefnet_core.export")
-    decoded = dict(fields)
-    for key in ("mean", "std", "resolution", "size"):
-        decoded[key] = tuple(json.loads(fields[key]))
-    decoded["dynamic_size"] = fields["dynamic_size"] == "true"
-    return decoded
+    return decode_export_metadata(metadata, source)
 
 
 def _providers(onnxruntime, device: str) -> list[str]:

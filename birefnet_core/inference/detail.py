@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from .batching import iter_predictions, predict_batched
+from .memory import batch_for_budget, free_device_bytes
 from .predict import check_images, working_size
 from .tiles import TilePlan, band_pixels, band_weight, plan_tiles, window_weight
 
@@ -35,7 +36,8 @@ def refine_detail(model: nn.Module, images: torch.Tensor, masks: torch.Tensor | 
                   resolution: int | tuple[int, int] | None = None,
                   tile_size: int | tuple[int, int] | None = None, scale: float = 1.0,
                   band: int | None = None, overlap: float = 0.25, max_tiles: int = 128,
-                  batch_size: int = 4, progress: Progress | None = None) -> torch.Tensor:
+                  batch_size: int | None = None, progress: Progress | None = None
+                  ) -> torch.Tensor:
     """Masks (B, 1, H, W) float32 at the images' own size, on the images' device.
 
     images: (B, C, H, W) float in [0, 1] (C in 1, 3, 4); they may stay on the CPU while the
@@ -50,12 +52,14 @@ def refine_detail(model: nn.Module, images: torch.Tensor, masks: torch.Tensor | 
     pass, at least 8). overlap: fraction of a tile shared with each neighbour (0 to 0.5).
     max_tiles: at most this many tiles per image; when the band needs more, the scale is
     lowered until they fit (logged). batch_size: tiles per forward pass, halved when the
-    device runs out of memory. progress(done, total): after the coarse pass and after every
-    tile batch; it may raise (an interrupt) to stop.
+    device runs out of memory; None: ``auto_tile_batch``. progress(done, total): after the
+    coarse pass and after every tile batch; it may raise (an interrupt) to stop.
     """
     rgb = check_images(images)
     tile = working_size(model, tile_size)
     _check_options(scale, overlap, max_tiles, batch_size, band)
+    if batch_size is None:
+        batch_size = auto_tile_batch(model, tile)
     coarse_steps = 0 if masks is not None else rgb.shape[0]
     if masks is None:
         masks = predict_batched(model, rgb, resolution=resolution, batch_size=batch_size,
@@ -75,6 +79,24 @@ def refine_detail(model: nn.Module, images: torch.Tensor, masks: torch.Tensor | 
     refined = [_refine_one(model, rgb[index], masks[index, 0], plan, band, overlap, batch_size,
                            counter) for index, plan in enumerate(plans)]
     return torch.stack(refined)[:, None]
+
+
+def auto_tile_batch(model: nn.Module, tile: tuple[int, int], most: int = 8) -> int:
+    """Tiles per forward when none is given. On the CPU 1: larger batches measured no faster
+    there (bench/bench_video.py, as for video frames), and each tile of the batch adds its
+    activations to the host maps (memory.detail_host_bytes), which at 8K already take most of
+    the memory an 8K photo may use. On a CUDA device as many as the forward estimate
+    (memory.forward_memory_bytes) fits in its free memory, up to ``most``; 4 where the free
+    memory cannot be read (MPS, others)."""
+    parameter = next(model.parameters())
+    if parameter.device.type == "cpu":
+        return 1
+    free = free_device_bytes(parameter.device)
+    if free is None:
+        return 4
+    info = getattr(model, "info", None)
+    return batch_for_budget(getattr(info, "variant", None), tile[0], tile[1], parameter.dtype,
+                            parameter.device, free, most)
 
 
 def _refine_one(model: nn.Module, image: torch.Tensor, coarse: torch.Tensor, plan: TilePlan,
@@ -127,7 +149,7 @@ def _default_band(image_size: tuple[int, int], coarse_size: tuple[int, int]) -> 
     return max(8, round(3 * pixel))
 
 
-def _check_options(scale: float, overlap: float, max_tiles: int, batch_size: int,
+def _check_options(scale: float, overlap: float, max_tiles: int, batch_size: int | None,
                    band: int | None) -> None:
     if not scale > 0:
         raise InputError(f"scale must be above 0 (tile pixels per image pixel), got {scale}")
@@ -136,8 +158,8 @@ def _check_options(scale: float, overlap: float, max_tiles: int, batch_size: int
                          f"{overlap}")
     if max_tiles < 1:
         raise InputError(f"max_tiles must be at least 1, got {max_tiles}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch_size must be at least 1 (or None: auto), got {batch_size}")
     if band is not None and band < 1:
         raise InputError(f"band must be at least 1 pixel (or None for the default), got {band}")
 

@@ -59,9 +59,10 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    return (images - mean_t) / std_t
+    """(B, C, H, W) -> (images - mean) / std per channel. The statistics stay Python numbers,
+    so nothing is copied from the host to the images' device for them."""
+    channels = [(images[:, c:c + 1] - m) / s for c, (m, s) in enumerate(zip(mean, std))]
+    return torch.cat(channels, dim=1)
 
 
 def _model_placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -18,6 +18,7 @@ from .predict import check_images, predict
 from .tiles import soft_dilation
 
 Progress = Callable[[int, int], None]
+GUIDE_THRESHOLD = 0.5           # guide pixels above it mark the subject
 
 
 def segment_region(model: nn.Module, images: torch.Tensor, guide: torch.Tensor, *,
@@ -39,7 +40,7 @@ def segment_region(model: nn.Module, images: torch.Tensor, guide: torch.Tensor, 
                          f"{margin}")
     results = []
     for index in range(rgb.shape[0]):
-        subject = guide[min(index, guide.shape[0] - 1), 0] > 0.5            # (H, W) bool
+        subject = guide[min(index, guide.shape[0] - 1), 0] > GUIDE_THRESHOLD   # (H, W) bool
         results.append(_segment_one(model, rgb[index:index + 1], subject, margin, resolution,
                                     index).to(images.device))
         if progress is not None:
@@ -65,8 +66,9 @@ def _segment_one(model: nn.Module, image: torch.Tensor, subject: torch.Tensor, m
                  resolution: int | tuple[int, int] | None, index: int) -> torch.Tensor:
     """(1, 3, H, W) and its (H, W) subject -> (1, 1, H, W)."""
     if not subject.any():
-        raise InputError(f"the guide of image {index} is empty (no pixel above 0.5); mark the "
-                         "subject on it, or segment without a guide")
+        raise InputError(f"the guide of image {index} is empty (no pixel above "
+                         f"{GUIDE_THRESHOLD}); mark the subject on it (paint it in a mask "
+                         "editor, or take a selector's mask), or segment without a guide")
     top, left, bottom, right, grow = guide_box(subject, margin)
     crop_mask = predict(model, image[..., top:bottom, left:right], resolution)
     within = soft_dilation(subject[top:bottom, left:right].to(crop_mask.device), grow)
@@ -79,6 +81,10 @@ def _check_guide(guide: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     if not isinstance(guide, torch.Tensor) or guide.ndim != 4 or guide.shape[1] != 1:
         shape = tuple(guide.shape) if isinstance(guide, torch.Tensor) else type(guide).__name__
         raise InputError(f"guide must be a mask of shape (B, 1, H, W), got {shape}")
+    if not bool((guide > GUIDE_THRESHOLD).any()):        # checked first: at any size
+        raise InputError(f"the guide is empty (no pixel above {GUIDE_THRESHOLD}): mark the "
+                         "subject on it (paint it in a mask editor, or take a selector's mask), "
+                         "or segment without a guide")
     if guide.shape[0] not in (1, images.shape[0]) or guide.shape[-2:] != images.shape[-2:]:
         raise InputError(f"the guide is {tuple(guide.shape)} but the images are "
                          f"{tuple(images.shape)}: give one guide per image (or one for all), "

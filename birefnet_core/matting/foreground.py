@@ -75,8 +75,10 @@ def check_image_alpha(image: torch.Tensor, alpha: torch.Tensor) -> None:
                              f"got {tuple(tensor.shape)}")
         if tensor.shape[0] == 0 or tensor.shape[2] == 0 or tensor.shape[3] == 0:
             raise InputError(f"{name} is empty: shape {tuple(tensor.shape)}")
-        if bool(torch.isnan(tensor).any()):
-            raise InputError(f"{name} contains NaN values")
+    # One read of device memory for both tensors; which one holds the NaN only on failure.
+    if bool(torch.stack((torch.isnan(image).any(), torch.isnan(alpha).any())).any()):
+        name = "image" if bool(torch.isnan(image).any()) else "alpha"
+        raise InputError(f"{name} contains NaN values")
     same = "they must have the same batch size, height and width"
     if image.shape[0] != alpha.shape[0]:
         raise InputError(f"image and alpha batch sizes differ ({image.shape[0]} vs "

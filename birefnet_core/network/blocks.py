@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cpu_kernels import PackedGroup, PackedLinear, can_pack
+from .cpu_kernels import PackedGroup, PackedLinear, can_pack, wants_cpu_kernel
 from .deform_conv import DeformableConv2d
 
 BlockProduct = Callable[[torch.Tensor], torch.Tensor]
@@ -64,8 +64,10 @@ class ASPPDeformable(nn.Module):
         self.conv1 = nn.Conv2d(branch_channels * (2 + len(kernel_sizes)), channels, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
         # Per deformable branch: its kernel (bias and ReLU inside) and its slice of conv1 as
-        # packed oneDNN kernels, set by pack_cpu_kernels on folded CPU models.
+        # packed oneDNN kernels, made at the first CPU forward of a folded model once
+        # enable_cpu_kernels allowed it (cpu_packing).
         self.packed: PackedGroup | None = None           # ((kernel, projection), ...)
+        self.cpu_packing = False
 
     def branches(self) -> tuple[DeformableBranch, ...]:
         return (self.aspp1, *self.aspp_deforms)
@@ -94,6 +96,7 @@ class ASPPDeformable(nn.Module):
     def pack_cpu_kernels(self) -> bool:
         """Pack every branch's kernel and projection (folded models only: the branch's
         BatchNorm must already be inside its convolution's bias)."""
+        self.cpu_packing = True
         self.packed = None
         weight = self.conv1.weight
         if not can_pack(weight) or any(not isinstance(b.bn, nn.Identity) for b in self.branches()):
@@ -106,19 +109,42 @@ class ASPPDeformable(nn.Module):
             for b, projection in zip(self.branches(), projections))
         return True
 
+    def check_cpu_kernels(self) -> None:
+        """Drop the kernels if any branch's sources changed (checked_kernels' entry check)."""
+        if self.packed is not None and not all(
+                kernel.stamp.verify(self._sources(branch))
+                for branch, (kernel, _) in zip(self.branches(), self.packed)):
+            self.packed = None
+
+    def packed_kernel_count(self) -> int:
+        return 0 if self.packed is None else 2 * len(self.packed)
+
+    def release_caches(self) -> None:
+        self.packed = None
+
+    def _apply(self, fn, recurse: bool = True):
+        self.packed = None                    # moved or cast: the packs describe old tensors
+        return super()._apply(fn, recurse)
+
     def _packed_products(self, x: torch.Tensor) -> list[BlockProduct | None]:
         """Per branch: sampled columns -> projected ReLU output by the packed kernels, or None
-        where they cannot run (no packing, another device or dtype, autograd, changed
-        weights)."""
-        if self.packed is None:
+        where they cannot run (not enabled or unfolded, another device or dtype, autograd on
+        the input or any parameter (the offsets' too), changed weights)."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return [None] * len(self.branches())
-        products = []
-        for branch, (kernel, projection) in zip(self.branches(), self.packed):
-            if kernel.usable(x, self._sources(branch)):
-                products.append(lambda columns, k=kernel, p=projection: p(k(columns, "relu")))
-            else:
-                products.append(None)
-        return products
+        if x.device.type != "cpu":
+            self.packed = None                # a stale pack must not outlive a move
+        if not wants_cpu_kernel(x, tuple(self.parameters())):
+            return [None] * len(self.branches())
+        if self.packed is not None and not all(
+                kernel.usable(x, self._sources(branch))
+                for branch, (kernel, _) in zip(self.branches(), self.packed)):
+            self.packed = None                # stale: made again below
+        if self.packed is None and not (self.cpu_packing and x.dtype == self.conv1.weight.dtype
+                                        and self.pack_cpu_kernels()):
+            return [None] * len(self.branches())
+        return [lambda columns, k=kernel, p=projection: p(k(columns, "relu"))
+                for kernel, projection in self.packed]
 
 
 class BasicDecBlk(nn.Module):

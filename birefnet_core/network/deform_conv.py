@@ -7,7 +7,8 @@ compiled extension.
 
 Layout: the input is read channels-last; the samples of all taps for a block of output pixels
 form one matrix that a single matrix product turns into outputs (im2col with bilinear
-sampling). Memory stays at one block's columns (a few MB), whatever the image size.
+sampling). Memory stays at one block's columns (a few MB on the CPU, at most 128 MB on a GPU),
+whatever the image size.
 
 While a graph is being exported (``torch.export``, ONNX) the blocks, whose count depends on the
 image size, would be unrolled at one size; the export path instead samples each kernel row
@@ -22,10 +23,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Bytes of sampled columns per block: small enough to stay in cache while they are weighted
-# and multiplied (measured on the CPU: 4 MB blocks ran 1.5x faster than 32 MB ones).
+# Bytes of sampled columns per block on the CPU: small enough to stay in cache while they are
+# weighted and multiplied (measured on the CPU: 4 MB blocks ran 1.5x faster than 32 MB ones).
 _COLUMN_BYTES = 4 << 20
-_PLAN_SAMPLES = 1 << 20          # sampling points whose corners are planned in one go
+_PLAN_SAMPLES = 1 << 20          # CPU: sampling points whose corners are planned in one go
+# On a GPU (CUDA, MPS) every block is a few kernel launches whatever its size, and a cache-sized
+# block is far too little work per launch: blocks there are as large as this memory budget for
+# the columns allows (one block for most decoder levels at 1024²; ``bench/bench_dispatch.py``
+# counts the ops), and each block's corners are planned with it.
+_DEVICE_COLUMN_BYTES = 128 << 20
+
+
+def block_rows(device: torch.device, taps: int, channels: int,
+               element_size: int) -> tuple[int, int]:
+    """(output pixels per block, output pixels per corner plan) for this device."""
+    row_bytes = taps * channels * element_size
+    if device.type == "cpu":
+        block = max(64, _COLUMN_BYTES // row_bytes)
+        return block, block * max(1, _PLAN_SAMPLES // (block * taps))
+    block = max(64, _DEVICE_COLUMN_BYTES // row_bytes)
+    return block, block
 
 
 def _tap_positions(offset: torch.Tensor, kernel_h: int, kernel_w: int, stride: int,
@@ -124,8 +141,10 @@ def _corner_plan(pos_y: torch.Tensor, pos_x: torch.Tensor, modulation: torch.Ten
         top_left = image_start + (row_y * (width + 2) + row_x).to(index)
     else:
         top_left = image_start + row_y.to(index) * (width + 2) + row_x.to(index)
-    corner_step = torch.tensor((0, 1, width + 2, width + 3), dtype=index,
-                               device=top_left.device)
+    # (0, 1, W+2, W+3), made where top_left lives (a torch.tensor here would be a host to
+    # device copy in every call on a GPU)
+    step = torch.arange(4, dtype=index, device=top_left.device)
+    corner_step = step % 2 + step // 2 * (width + 2)
     corners = top_left.unsqueeze(-1) + corner_step                          # (n, K, 4)
     gy, gx = (1 - fy) * scale, fy * scale
     weights = torch.stack((gy * (1 - fx), gy * fx, gx * (1 - fx), gx * fx), dim=-1)
@@ -166,8 +185,9 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
     uses those two).
 
     All taps of a block of output pixels are sampled into one (pixels, K*C) matrix, which one
-    matrix product turns into outputs; blocks are sized so the columns stay near 4 MB. Corner
-    indices and weights are computed for many blocks at once (a plan of about 1M samples).
+    matrix product turns into outputs; blocks are sized for the device (``block_rows``: on the
+    CPU the columns stay near 4 MB and corner indices and weights are computed for many blocks
+    at once, a plan of about 1M samples; elsewhere blocks fill a 128 MB budget).
     While a graph is exported, ``deform_conv2d_by_grid_sample`` computes it instead.
     """
     if _exporting():
@@ -208,8 +228,7 @@ def _deform_conv2d_blocked(x: torch.Tensor, offset: torch.Tensor, weight: torch.
                    * ((height + 2) * (width + 2))).to(index)
     reshaped = epilogue is not None or block_product is not None
     out = None if reshaped else x.new_empty(total, out_channels)
-    block = max(64, _COLUMN_BYTES // (taps * channels * x.element_size()))
-    plan_rows = block * max(1, _PLAN_SAMPLES // (block * taps))
+    block, plan_rows = block_rows(x.device, taps, channels, x.element_size())
     direct = not (torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, offset, weight, bias, mask)))
     for plan_start in range(0, total, plan_rows):

@@ -5,8 +5,9 @@ Weights are int8 with one scale per output channel (symmetric); each input is qu
 fly per tensor (7 bits on x86, the kernel's own range rule). Everything else stays float32.
 The int8 weights and scales are ordinary buffers, so state dicts and memory accounting (for
 instance ComfyUI's model management) see plain tensors; the kernel's packed form is built on
-first use and rebuilt when the buffers change. It is an opt-in for CPU users: measured speeds
-and the mask differences against float32 are in README.
+first use and rebuilt when the buffers change (their identity or content: see
+cpu_kernels.SourceStamp), and dropped when the module moves or is cast. It is an opt-in for CPU
+users: measured speeds and the mask differences against float32 are in README.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import BiRefNetError
-from .cpu_kernels import ACTIVATIONS
+from .cpu_kernels import ACTIVATIONS, SourceStamp
 
 
 class Int8Linear(nn.Module):
@@ -32,19 +33,36 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
         self._packed = None
-        self._packed_key = None
+        self._stamp: SourceStamp | None = None
+
+    def _sources(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t for t in (self.weight_int8, self.weight_scale, self.bias) if t is not None)
 
     def _packed_weight(self):
-        key = (self.weight_int8.data_ptr(), self.weight_scale.data_ptr())
-        if self._packed_key != key:
+        sources = self._sources()
+        if self._packed is None or not self._stamp.current(sources):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")          # quantized tensors are marked deprecated
                 quantized = torch._make_per_channel_quantized_tensor(
                     self.weight_int8, self.weight_scale.double(),
                     torch.zeros_like(self.weight_scale, dtype=torch.long), 0)
                 self._packed = torch.ops.quantized.linear_prepack(quantized, self.bias)
-            self._packed_key = key
+            self._stamp = SourceStamp(sources)
         return self._packed
+
+    def check_cpu_kernels(self) -> None:
+        if self._packed is not None and not self._stamp.verify(self._sources()):
+            self.release_caches()
+
+    def packed_kernel_count(self) -> int:
+        return int(self._packed is not None)
+
+    def release_caches(self) -> None:
+        self._packed, self._stamp = None, None
+
+    def _apply(self, fn, recurse: bool = True):
+        self.release_caches()                 # moved or cast: the prepack describes old buffers
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         if x.device.type != "cpu":

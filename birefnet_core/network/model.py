@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .backbones import build_backbone
 from .blocks import BasicDecBlk
+from .cpu_kernels import checked_kernels
 from .decoder import Decoder, resize
 from .variants import BiRefNetVariant
 
@@ -54,6 +55,16 @@ class BiRefNet(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2, x3, x4 = self.encode(x)
-        x4 = self.squeeze_module(x4)
-        return self.decoder(x, x1, x2, x3, x4)
+        with checked_kernels(self, x):        # packed CPU kernels: made or checked once here
+            x1, x2, x3, x4 = self.encode(x)
+            x4 = self.squeeze_module(x4)
+            return self.decoder(x, x1, x2, x3, x4)
+
+    def release_caches(self) -> None:
+        """Drop what the model keeps between forwards beside its weights (packed CPU kernels,
+        per-size tables): every submodule's ``release_caches``. They are made again when
+        needed; ComfyUI's unload calls this."""
+        for module in self.modules():
+            release = getattr(module, "release_caches", None)
+            if module is not self and release is not None:
+                release()

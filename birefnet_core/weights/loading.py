@@ -10,7 +10,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..network.compiled import compile_model
-from ..network.cpu_kernels import pack_cpu_kernels
+from ..network.cpu_kernels import enable_cpu_kernels
 from ..network.folding import fold_batchnorm
 from ..network.int8 import quantize_linears_int8
 from ..network.model import BiRefNet
@@ -111,7 +111,7 @@ def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
     if int8:
         quantize_linears_int8(model)
     if fuse:
-        pack_cpu_kernels(model)
+        enable_cpu_kernels(model)           # packed at the first CPU forward, if there is one
     if compile:
         compile_model(model)
     known = find_known_model(identifier)

@@ -21,6 +21,7 @@ const PREVIEW_NODES = new Set([
 ]);
 const LOADER = "BiRefNetLoader";
 const EVALUATE = "BiRefNetEvaluate";
+const SAVE_MATTE = "BiRefNetSaveMatte";   // its one-line summary shows like Evaluate's table
 const STATUS_WIDGET = "birefnet_model_status";
 const LINE = 16;
 const OWN_WIDGETS = new Set([PREVIEW_WIDGET, STATUS_WIDGET, METRICS_WIDGET]);
@@ -231,7 +232,8 @@ app.registerExtension({
 		fetchModels();
 	},
 	async beforeRegisterNodeDef(nodeType, nodeData) {
-		const shows = PREVIEW_NODES.has(nodeData.name) || nodeData.name === EVALUATE;
+		const shows = PREVIEW_NODES.has(nodeData.name) || nodeData.name === EVALUATE
+			|| nodeData.name === SAVE_MATTE;
 		if (!shows && nodeData.name !== LOADER) return;
 		const onSerialize = nodeType.prototype.onSerialize;
 		nodeType.prototype.onSerialize = function (data) {

@@ -6,13 +6,15 @@ LayerNorm (``norm0``..``norm3``). Parameter names follow the official checkpoint
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..cpu_features import swin_chunk_rows
 from ..cpu_kernels import FastLinear
 from ..variants import SwinConfig
 
@@ -21,8 +23,10 @@ _MASKED = -1.0e4
 # norm, qkv, attention and projection (then the MLP through its rows) while their
 # intermediates are still in cache; a 65536x96 -> 288 product ran at 95 GFLOP/s whole and at
 # 217 in 4067-row pieces (``python bench/bench_cpu_paths.py --kernels``). Whole forward, Swin-T
-# float32 at 1024², on/off (``--switch chunks``): 3.67-3.82 s against 3.87-3.97 s.
-CPU_CHUNK_ROWS = 4096
+# float32 at 1024², on/off (``--switch chunks``): 3.67-3.82 s against 3.87-3.97 s. The size
+# follows the CPU's L2 and thread count (``cpu_features.swin_chunk_rows``: 4096 rows on the
+# 2-core Zen 4 where it was tuned); an int here overrides it (0: no chunks), for benchmarks.
+CPU_CHUNK_ROWS: int | None = None
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -53,6 +57,12 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int,
 
     height and width are the padded sizes; the regions are those of the cyclic shift.
     """
+    return _mask_of(_region_labels(height, width, window, shift, device))
+
+
+def _region_labels(height: int, width: int, window: int, shift: int,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """(nW, N) region of the cyclic shift each slot of each window belongs to."""
     region = torch.zeros(1, height, width, 1, device=device)
     bounds = ((0, -window), (-window, -shift), (-shift, None))
     label = 0
@@ -60,46 +70,59 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int,
         for left, right in bounds:
             region[:, top:bottom, left:right, :] = label
             label += 1
-    labels = window_partition(region, window).squeeze(-1)                 # (nW, N)
+    return window_partition(region, window).squeeze(-1)                   # (nW, N)
+
+
+def _mask_of(labels: torch.Tensor) -> torch.Tensor:
+    """(n, N) region labels -> (n, N, N) additive mask."""
     different = labels.unsqueeze(1) != labels.unsqueeze(2)
     # A large finite value rather than -inf: the softmax weight is exactly 0 either way, and
     # attention kernels need not guard against rows of -inf.
-    return torch.zeros(different.shape, device=device).masked_fill(different, _MASKED)
+    return torch.zeros(different.shape, device=labels.device).masked_fill(different, _MASKED)
 
 
 @dataclass(frozen=True)
 class WindowLayout:
-    """Where every window slot reads its token (and so where its result lands).
+    """Where every window slot reads its token (and so where its result lands), on the host.
 
     Padding to window multiples, the cyclic shift and the window partition together are one
     gather (``gather``: slot -> token) followed by zeroing the padding slots (``pad_slots``);
     the other slots hold every token once, so the inverse writes each of them back to
-    ``gather[slot]``. ``mask`` is the shifted-window mask; only the windows along the shift's
-    seams (the last row and column of windows) have any non-zero entry: ``seam_windows`` and
-    ``seam_mask`` are those.
+    ``gather[slot]``. Only the windows along the shift's seams (the last row and column of
+    windows) have a non-zero shifted-window mask: ``seam_windows`` and ``seam_mask`` are
+    those; ``mask`` builds the full (nW, N, N) one on demand (references and tests only).
     """
     gather: torch.Tensor              # (nW * N,) long
     pad_slots: torch.Tensor           # (P,) long, slots that hold padding
-    mask: torch.Tensor | None         # (nW, N, N) or None without shift
-    seam_windows: torch.Tensor | None = None   # (nS,) long
-    seam_mask: torch.Tensor | None = None      # (nS, N, N)
+    seam_windows: torch.Tensor | None  # (nS,) long, None without shift
+    seam_mask: torch.Tensor | None     # (nS, N, N)
+    padded: tuple[int, int, int, int]  # padded height, padded width, window, shift
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return None if self.seam_windows is None else shifted_window_mask(*self.padded, "cpu")
 
 
-@lru_cache(maxsize=64)
 def window_layout(height: int, width: int, window: int, shift: int,
-                  device: torch.device) -> WindowLayout:
+                  device: torch.device | None = None) -> WindowLayout:
+    """The layout of an (height, width) token map, built on the host (CPU tensors: the index
+    work and its ``nonzero`` never synchronise a device). ``device`` is accepted for older
+    callers and ignored: ``window_chunks`` moves what a forward needs."""
     padded_h, padded_w = -(-height // window) * window, -(-width // window) * window
-    tokens = torch.arange(height * width, device=device).view(1, height, width, 1)
+    tokens = torch.arange(height * width).view(1, height, width, 1)
     grid = F.pad(tokens, (0, 0, 0, padded_w - width, 0, padded_h - height), value=height * width)
     if shift:
         grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
     gather = window_partition(grid, window).reshape(-1)
     real = gather < height * width
-    slots = torch.arange(gather.numel(), device=device)
-    mask = shifted_window_mask(padded_h, padded_w, window, shift, device) if shift else None
-    seams = None if mask is None else mask.flatten(1).ne(0).any(dim=1).nonzero().flatten()
-    return WindowLayout(gather.masked_fill(~real, 0), slots[~real], mask, seams,
-                        None if mask is None else mask[seams])
+    slots = torch.arange(gather.numel())
+    seams = seam_mask = None
+    if shift:
+        labels = _region_labels(padded_h, padded_w, window, shift)        # (nW, N)
+        seams = labels.ne(labels[:, :1]).any(dim=1).nonzero().flatten()  # mixed regions
+        seam_mask = _mask_of(labels[seams])                               # (nS, N, N)
+    return WindowLayout(gather.masked_fill(~real, 0), slots[~real], seams, seam_mask,
+                        (padded_h, padded_w, window, shift))
 
 
 @dataclass(frozen=True)
@@ -113,19 +136,25 @@ class WindowChunk:
     seam_windows: torch.Tensor | None         # (s,) windows with a shift mask, None if none
     seam_mask: torch.Tensor | None            # (s, N, N)
 
+    def to(self, device: torch.device) -> "WindowChunk":
+        return WindowChunk(*(None if t is None else t.to(device) for t in self.tensors()))
 
-@lru_cache(maxsize=64)
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.gather, self.pad_slots, self.real_slots, self.tokens, self.seam_windows,
+                self.seam_mask)
+
+
 def window_chunks(height: int, width: int, window: int, shift: int, device: torch.device,
                   batch: int, rows: int | None) -> tuple[WindowChunk, ...]:
     """The layout of a batch of ``batch`` images cut into chunks of about ``rows`` slots
-    (whole windows; ``None``: one chunk)."""
-    layout = window_layout(height, width, window, shift, device)
+    (whole windows; ``None``: one chunk), built on the host and moved to ``device`` once."""
+    layout = window_layout(height, width, window, shift)
     tokens_per_window = window * window
     slots_per_image = layout.gather.numel()
     windows_per_image = slots_per_image // tokens_per_window
-    images = torch.arange(batch, device=device)[:, None]
+    images = torch.arange(batch)[:, None]
     gather = (layout.gather + height * width * images).reshape(-1)
-    real = torch.ones(slots_per_image, dtype=torch.bool, device=device)
+    real = torch.ones(slots_per_image, dtype=torch.bool)
     real[layout.pad_slots] = False
     real = real.repeat(batch)
     seams = seam_mask = None
@@ -149,14 +178,52 @@ def window_chunks(height: int, width: int, window: int, shift: int, device: torc
         chunks.append(WindowChunk(
             gather[slots], (~chunk_real).nonzero().flatten() if padded else None, real_slots,
             gather[slots] if real_slots is None else gather[slots][real_slots],
-            chunk_seams, chunk_mask))
+            chunk_seams, chunk_mask).to(device))
     return tuple(chunks)
 
 
+StagePlans = tuple[tuple[WindowChunk, ...], tuple[WindowChunk, ...]]   # unshifted, shifted
+
+
+class WindowPlanCache:
+    """A model's window plans on its device, per (size, batch, device, rows): built on the host
+    once per key, moved once, the ``capacity`` most recent kept (a forward at one size uses two
+    keys: the full and the half-size pass). ``clear`` frees them (``release_caches``)."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self._plans: OrderedDict[tuple, list[StagePlans]] = OrderedDict()
+
+    def get(self, key: tuple, build: Callable[[], list[StagePlans]]) -> list[StagePlans]:
+        plans = self._plans.get(key)
+        if plans is None:
+            plans = self._plans[key] = build()
+            while len(self._plans) > self.capacity:
+                self._plans.popitem(last=False)
+        self._plans.move_to_end(key)
+        return plans
+
+    def clear(self) -> None:
+        self._plans.clear()
+
+    def nbytes(self) -> int:
+        """Bytes of every cached tensor."""
+        return sum(t.numel() * t.element_size()
+                   for stages in self._plans.values() for both in stages for chunks in both
+                   for chunk in chunks for t in chunk.tensors() if t is not None)
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
 def chunk_rows(device: torch.device) -> int | None:
-    """Rows per chunk: ``CPU_CHUNK_ROWS`` on the CPU; one chunk elsewhere (a GPU wants every
-    window in one kernel launch)."""
-    return CPU_CHUNK_ROWS if device.type == "cpu" else None
+    """Rows per chunk on the CPU: ``CPU_CHUNK_ROWS`` if set (0: none), else the size derived
+    from this CPU's caches; one chunk elsewhere (a GPU wants every window in one launch)."""
+    if device.type != "cpu":
+        return None
+    if CPU_CHUNK_ROWS is not None:
+        return CPU_CHUNK_ROWS or None
+    return swin_chunk_rows()
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -321,16 +388,24 @@ class SwinStage(nn.Module):
             for i in range(depth))
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def forward(self, x: torch.Tensor, height: int, width: int):
-        """Returns the stage output (B, H*W, C) and the next stage's input and size."""
+    def forward(self, x: torch.Tensor, height: int, width: int,
+                plans: StagePlans | None = None):
+        """Returns the stage output (B, H*W, C) and the next stage's input and size. ``plans``:
+        ``self.window_plans(...)`` for this size and batch (made here when not given)."""
         if torch.compiler.is_compiling():        # torch.compile: the traceable window form
             return self.forward_padded(x, height, width)
         rows = chunk_rows(x.device)
-        plans = [window_chunks(height, width, self.window, shift, x.device, x.shape[0], rows)
-                 for shift in (0, self.window // 2)]
+        if plans is None:
+            plans = self.window_plans(height, width, x.shape[0], x.device, rows)
         for block in self.blocks:
             x = block(x, plans[1 if block.shift else 0], rows)
         return self._downsample(x, height, width)
+
+    def window_plans(self, height: int, width: int, batch: int, device: torch.device,
+                     rows: int | None) -> StagePlans:
+        unshifted, shifted = (window_chunks(height, width, self.window, shift, device, batch,
+                                            rows) for shift in (0, self.window // 2))
+        return unshifted, shifted
 
     def forward_padded(self, x: torch.Tensor, height: int, width: int):
         """``forward`` with every block's ``forward_padded`` (for traced graphs)."""
@@ -374,14 +449,39 @@ class SwinTransformer(nn.Module):
             for i in range(4))
         for i, channels in enumerate(self.channels):
             self.add_module(f"norm{i}", nn.LayerNorm(channels))
+        self.plan_cache = WindowPlanCache()
+
+    def release_caches(self) -> None:
+        """Drop the window plans cached on the model's device."""
+        self.plan_cache.clear()
+
+    def _apply(self, fn, recurse: bool = True):
+        self.release_caches()        # moved or cast: plans for the old device are dead weight
+        return super()._apply(fn, recurse)
+
+    def _stage_plans(self, height: int, width: int, batch: int,
+                     device: torch.device) -> list[StagePlans | None]:
+        """Every stage's window plans for a (height, width) patch map, from the cache."""
+        if torch.compiler.is_compiling():
+            return [None] * len(self.layers)
+        rows = chunk_rows(device)
+
+        def build() -> list[StagePlans]:
+            plans, h, w = [], height, width
+            for stage in self.layers:
+                plans.append(stage.window_plans(h, w, batch, device, rows))
+                h, w = (h + 1) // 2, (w + 1) // 2
+            return plans
+        return self.plan_cache.get((height, width, batch, device, rows), build)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(x)
         batch, _, height, width = x.shape
         x = x.flatten(2).transpose(1, 2)
         outputs = []
+        plans = self._stage_plans(height, width, batch, x.device)
         for i, stage in enumerate(self.layers):
-            stage_out, x, next_h, next_w = stage(x, height, width)
+            stage_out, x, next_h, next_w = stage(x, height, width, plans[i])
             stage_out = getattr(self, f"norm{i}")(stage_out)
             # A channels-last view: the convolutions downstream prefer that layout.
             outputs.append(stage_out.view(batch, height, width, -1).permute(0, 3, 1, 2))
