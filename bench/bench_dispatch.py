@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import RESULTS, write_json  # noqa: E402
+from bench.common import RESULTS, official_birefnet_class, write_json  # noqa: E402
 from birefnet_core.network import deform_conv  # noqa: E402
 from tests.fake_device import DEVICE, FakeDevice, fake_model  # noqa: E402
 
@@ -74,28 +74,9 @@ def count_ours(variant: str, size: int, cpu_blocks: bool) -> dict:
 
 
 def _official_meta_model(checkout: Path, variant: str) -> torch.nn.Module:
-    """The official BiRefNet for ``variant`` built by its own code on the meta device (its
-    Config names one backbone in the source: the backbone fields are set after its own
-    __init__, as bench/bench_official.py does)."""
-    sys.path.insert(0, str(checkout))
-    import config as official_config
-    from models.birefnet import BiRefNet as OfficialBiRefNet
-
-    from tests.synthetic import manifest
-    embed = manifest(variant)["keys"]["bb.patch_embed.proj.weight"]["shape"][0]
-    original_init = official_config.Config.__init__
-
-    def init(self):
-        original_init(self)
-        self.bb = variant
-        channels = [embed * 8, embed * 4, embed * 2, embed]
-        if self.mul_scl_ipt == "cat":
-            channels = [c * 2 for c in channels]
-        self.lateral_channels_in_collection = channels
-        self.cxt = channels[1:][::-1][-self.cxt_num:] if self.cxt_num else []
-    official_config.Config.__init__ = init
+    """The official BiRefNet for ``variant`` built by its own code on the meta device."""
     with torch.device("meta"):
-        return OfficialBiRefNet(bb_pretrained=False).eval()
+        return official_birefnet_class(checkout, variant)(bb_pretrained=False).eval()
 
 
 def count_official(checkout: Path, variant: str, size: int) -> dict:

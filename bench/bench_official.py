@@ -40,7 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, peak_rss_mb, write_json  # noqa: E402
+from bench.common import (RESULTS, official_birefnet_class, peak_rss_mb,  # noqa: E402
+                          write_json)
 
 CONFIGS = (("official", "fp32"), ("ours", "fp32"), ("official", "bf16"), ("ours", "bf16"),
            ("ours+compile", "fp32"), ("ours+compile", "bf16"), ("ours", "int8"))
@@ -82,28 +83,11 @@ def _flop_formulas() -> dict:
 
 
 def _official_model(checkout: Path, variant: str):
-    """The official BiRefNet built by its own code for ``variant`` (its Config names one
-    backbone in the source, so the backbone fields are set after its own __init__)."""
+    """The official BiRefNet built by its own code for ``variant``, synthetic weights."""
     import torch
 
-    sys.path.insert(0, str(checkout))
-    import config as official_config
-    from models.birefnet import BiRefNet as OfficialBiRefNet
-
-    from tests.synthetic import manifest, synthetic_state_dict
-    embed = manifest(variant)["keys"]["bb.patch_embed.proj.weight"]["shape"][0]
-    original_init = official_config.Config.__init__
-
-    def init(self):
-        original_init(self)
-        self.bb = variant
-        channels = [embed * 8, embed * 4, embed * 2, embed]
-        if self.mul_scl_ipt == "cat":
-            channels = [c * 2 for c in channels]
-        self.lateral_channels_in_collection = channels
-        self.cxt = channels[1:][::-1][-self.cxt_num:] if self.cxt_num else []
-    official_config.Config.__init__ = init
-    model = OfficialBiRefNet(bb_pretrained=False).eval()
+    from tests.synthetic import synthetic_state_dict
+    model = official_birefnet_class(checkout, variant)(bb_pretrained=False).eval()
     model.load_state_dict(synthetic_state_dict(variant, model.state_dict()), strict=True)
     return model.requires_grad_(False), torch.float32
 

@@ -1,8 +1,10 @@
 """Command line: ``python -m birefnet_core IMAGES... -o DIR`` writes a mask and a cut-out per image.
 
 For every input ``photo.jpg`` it writes ``DIR/photo_mask.png`` (8-bit greyscale, white = kept)
-and ``DIR/photo_cutout.png`` (the image with the mask as its alpha channel). Folders among the
-inputs contribute the image files directly inside them.
+and ``DIR/photo_cutout.png`` (the image with the mask as its alpha channel); ``--format png16``
+writes both at 16 bits, ``--format exr`` a float ``DIR/photo_cutout.exr``. ``--clip FORMAT``
+writes all the inputs as the frames of one clip or sequence instead (cli_output). Folders among
+the inputs contribute the image files directly inside them.
 
 Exit status: 0 when every image was processed, 1 when some could not be read or written (the
 rest are still processed), 2 for a usage error or a model that cannot be loaded.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cli_output import (OutputChoice, add_output_options, check_dependencies, clip_path,
+                         describe, output_choice, save_still, write_clip)
 from .data.images import collect_images, mask_image, read_image, save_outputs
-from .errors import BiRefNetError
+from .errors import BiRefNetError, InputError
 from .inference.detail import refine_detail
 from .inference.predict import predict
 from .inference.region import segment_region
@@ -57,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", metavar="IMAGES",
                         help="image files, or folders whose image files are all processed")
     parser.add_argument("-o", "--output", required=True, metavar="DIR",
-                        help="folder for <name>_mask.png and <name>_cutout.png (created)")
+                        help="folder for <name>_mask.png and <name>_cutout.png, or the "
+                             "--clip (created)")
     parser.add_argument("--model", default="BiRefNet", metavar="NAME_OR_PATH",
                         help="a known model name (downloaded on first use), a checkpoint file, "
                              "or an .onnx file exported by python -m birefnet_core.export (run "
@@ -73,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                         help="auto: cuda if available, else mps, else cpu")
     add_speed_options(parser)
+    add_output_options(parser)
     parser.add_argument("--patch-order", choices=("auto", "current", "legacy"), default="auto",
                         help="inward-reference patch order the checkpoint was trained with")
     parser.add_argument("--models-dir", metavar="DIR", default=None,
@@ -118,14 +124,18 @@ def choose_dtype(name: str, device: torch.device) -> torch.dtype | str:
 
 
 
-
-
-
 def compute_mask(model: torch.nn.Module, rgb: Image.Image,
                  resolution: int | tuple[int, int] | None, *, detail: bool = False,
                  guide: torch.Tensor | None = None) -> Image.Image:
-    """The 8-bit mask of one RGB image, at the image's size; ``guide`` (1, 1, H, W) picks the
-    subject (segment_region), ``detail`` refines the edge with tiles (refine_detail)."""
+    """The 8-bit mask of one RGB image (compute_float_mask, rounded to 256 levels)."""
+    return mask_image(compute_float_mask(model, rgb, resolution, detail=detail, guide=guide))
+
+
+def compute_float_mask(model: torch.nn.Module, rgb: Image.Image,
+                       resolution: int | tuple[int, int] | None, *, detail: bool = False,
+                       guide: torch.Tensor | None = None) -> np.ndarray:
+    """The (H, W) float32 mask of one RGB image, at the image's size; ``guide`` (1, 1, H, W)
+    picks the subject (segment_region), ``detail`` refines the edge with tiles."""
     pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
     batch = pixels.permute(2, 0, 1).unsqueeze(0)
     if guide is not None:
@@ -134,7 +144,7 @@ def compute_mask(model: torch.nn.Module, rgb: Image.Image,
         masks = predict(model, batch, resolution=resolution)
     if detail:
         masks = refine_detail(model, batch, masks, resolution=resolution)
-    return mask_image(masks[0, 0].float().cpu().numpy())
+    return np.clip(masks[0, 0].float().cpu().numpy(), 0.0, 1.0)
 
 
 def read_guide(path: Path) -> torch.Tensor:
@@ -181,7 +191,7 @@ class Progress:
 
 def process_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path,
                    resolution: int | tuple[int, int] | None, *, detail: bool = False,
-                   guide: torch.Tensor | None = None) -> int:
+                   guide: torch.Tensor | None = None, choice: OutputChoice | None = None) -> int:
     """Segment every image; report the ones that fail and return how many failed."""
     failures, stems_used = 0, set()
     progress = Progress(len(paths))
@@ -198,8 +208,12 @@ def process_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path,
                 failures += 1
             else:
                 try:
-                    mask = compute_mask(model, rgb, resolution, detail=detail, guide=guide)
-                    save_outputs(rgb, mask, out_dir, path.stem)
+                    mask = compute_float_mask(model, rgb, resolution, detail=detail,
+                                              guide=guide)
+                    if choice is None or choice.still == "png":
+                        save_outputs(rgb, mask_image(mask), out_dir, path.stem)
+                    else:
+                        save_still(rgb, mask, out_dir, path.stem, choice)
                 except OSError as exc:
                     progress.note(f"error: cannot write the outputs of {path}: {exc}")
                     failures += 1
@@ -210,6 +224,34 @@ def process_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path,
     finally:
         progress.close()
     return failures
+
+
+def clip_frames(model: torch.nn.Module, paths: Sequence[Path],
+                resolution: int | tuple[int, int] | None, *, detail: bool = False,
+                guide: torch.Tensor | None = None) -> Iterator[np.ndarray]:
+    """(H, W, 4) float32 per image, one at a time: its colour in [0, 1] with its mask as alpha.
+    An image that cannot be read, or whose size differs from the first's, stops the clip."""
+    progress, first = Progress(len(paths)), None
+    try:
+        for path in paths:
+            try:
+                rgb = read_image(path)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise InputError(f"cannot read image {path}: {exc}; remove it from the inputs "
+                                 "to write the clip without it") from exc
+            if first is None:
+                first = (path, rgb.size)
+            elif rgb.size != first[1]:
+                raise InputError(
+                    f"{path} is {rgb.size[0]}x{rgb.size[1]} but the clip began with {first[0]} "
+                    f"at {first[1][0]}x{first[1][1]}: every frame of a --clip must have one "
+                    "size; resize the images, or leave out --clip to write each on its own")
+            mask = compute_float_mask(model, rgb, resolution, detail=detail, guide=guide)
+            colour = np.asarray(rgb, dtype=np.float32) / 255.0
+            yield np.concatenate([colour, mask[..., None]], axis=-1)     # (H, W, 4)
+            progress.advance(path.name)
+    finally:
+        progress.close()
 
 
 def _open_onnx(path: str, *, device: str, dtype: str, patch_order: str,
@@ -265,7 +307,9 @@ def open_model(model: str, *, device: str = "auto", dtype: str = "auto",
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    choice = output_choice(args, parser)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     paths, missing = collect_images(args.images)
     for text in missing:
@@ -280,12 +324,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot create the output folder {out_dir}: {exc}", file=sys.stderr)
         return 2
     try:
+        check_dependencies(choice)
         guide = read_guide(args.guide) if args.guide is not None else None
         model = open_model(args.model, device=args.device, dtype=args.dtype,
                            patch_order=args.patch_order, models_dir=args.models_dir,
                            compile=args.compile)
+        if choice.clip is not None:
+            frames = clip_frames(model, paths, args.resolution, detail=args.detail, guide=guide)
+            written = write_clip(frames, clip_path(out_dir, paths[0]), choice)
+            print(describe(written), file=sys.stderr)
+            return 1 if missing else 0
         failures = process_images(model, paths, out_dir, args.resolution, detail=args.detail,
-                                  guide=guide)
+                                  guide=guide, choice=choice)
     except (BiRefNetError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

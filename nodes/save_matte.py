@@ -190,12 +190,14 @@ def _ui(written: MattesWritten, frames: torch.Tensor,
         mask: torch.Tensor | None) -> dict:
     output = Path(folder_paths.get_output_directory())
     relative = written.path.relative_to(output).as_posix()
-    line = (f"{written.format}: {written.frames} frame{'s' * (written.frames != 1)}, "
-            f"{written.width}x{written.height}, {_DEPTHS[written.bit_depth]}, {relative}")
+    summary = (f"{written.format}: {written.frames} frame{'s' * (written.frames != 1)}, "
+               f"{written.width}x{written.height}, {_DEPTHS[written.bit_depth]}")
+    line = f"{summary}, {relative}"
     files = [{"filename": f.name, "subfolder": _subfolder(f.parent, output), "type": "output"}
              for f in written.files]
     return {"images": [_preview(frames, mask, written.format)], "text": [line],
-            "birefnet_metrics": [line], "matte_files": files}
+            "birefnet_metrics": [f"{summary}\n{relative}"],      # two lines on the node
+            "matte_files": files}
 
 
 def _subfolder(folder: Path, output: Path) -> str:

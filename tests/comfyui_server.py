@@ -276,8 +276,10 @@ class ComfyUIServer:
         return name
 
     def output_files(self, entry: dict, node_id: str) -> list[Path]:
-        """The files an output node (SaveImage) wrote, from a history entry."""
-        images = entry.get("outputs", {}).get(node_id, {}).get("images", [])
+        """The files an output node wrote, from a history entry: SaveImage's ``images``,
+        BiRefNet Save Matte's ``matte_files`` (its ``images`` is a temporary preview)."""
+        output = entry.get("outputs", {}).get(node_id, {})
+        images = output.get("images", []) + output.get("matte_files", [])
         return [self.output_dir / item.get("subfolder", "") / item["filename"]
                 for item in images if item.get("type", "output") == "output"]
 

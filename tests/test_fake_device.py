@@ -23,10 +23,7 @@ BACKBONES = ("swin_v1_t", "swin_v1_l", "pvt_v2_b0")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 NETWORK_SIZE = (64, 96)          # patch maps 16x24 .. 2x3: every Swin stage pads its windows
 # Known reads of device memory, each bounded here so that a new one fails:
-# batching.iter_predictions moves each chunk to the device before predict, so check_images'
-# isfinite(...).all() reads device memory once per video batch (fix: pass the host chunk to
-# predict, which moves it itself).
-VIDEO_SYNCS_PER_BATCH = 1
+VIDEO_SYNCS_PER_BATCH = 0    # iter_predictions hands predict the host chunk: checked there
 # matting's check_image_alpha reads one combined isnan(...).any() of the image and the alpha
 # (the input check every matting entry point makes; kept, since it names bad input).
 MATTING_CHECK_SYNCS = 1

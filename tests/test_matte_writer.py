@@ -330,7 +330,9 @@ def test_never_overwrites(tmp_path):
     assert (tmp_path / "m.mov").read_bytes() == b"keep"
 
 
-def _disk_full_after(calls: int, function):
+def disk_full_after(calls: int, function):
+    """``function`` that raises ENOSPC from its call number ``calls + 1`` on (a disk that
+    fills up mid-clip); shared with the node tests."""
     count = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -347,10 +349,10 @@ def test_a_full_disk_leaves_nothing_under_the_final_name(tmp_path, monkeypatch, 
     frames, alpha = clip()
     if matte_module.FORMATS[format].sequence:
         name = "write_exr" if format == "exr_sequence" else "encode_png"
-        monkeypatch.setattr(matte_module, name, _disk_full_after(3, getattr(matte_module, name)))
+        monkeypatch.setattr(matte_module, name, disk_full_after(3, getattr(matte_module, name)))
     else:
         monkeypatch.setattr(matte_av.ClipWriter, "write",
-                            _disk_full_after(3, matte_av.ClipWriter.write))
+                            disk_full_after(3, matte_av.ClipWriter.write))
     with pytest.raises(MatteWriteError, match="disk is full.*Nothing was left"):
         write_matte(tmp_path / "m", frames, alpha, format=format, fps=24, premultiply=False)
     assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,6 @@ message, the errors that say the fix) and in a server (/history lists the files,
 them, bad settings are refused before anything runs)."""
 from __future__ import annotations
 
-import errno
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image
 
 from tests.comfyui_inprocess import import_pack
 from tests.comfyui_server import PromptRejected, execution_error
+from tests.test_matte_writer import disk_full_after
 
 pack = import_pack()
 nodes = pack.nodes
@@ -165,19 +165,8 @@ def test_odd_size_for_vp9(folders):
     assert list((folders[0] / "BiRefNet").iterdir()) == []
 
 
-def _disk_full_after(calls, function):
-    count = {"n": 0}
-
-    def failing(*args, **kwargs):
-        count["n"] += 1
-        if count["n"] > calls:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return function(*args, **kwargs)
-    return failing
-
-
 def test_full_disk_leaves_nothing_half_written(folders, monkeypatch):
-    monkeypatch.setattr(matte_module, "encode_png", _disk_full_after(2, matte_module.encode_png))
+    monkeypatch.setattr(matte_module, "encode_png", disk_full_after(2, matte_module.encode_png))
     images, mask = clip(4)
     with pytest.raises(ValueError, match="disk is full: free some space.*Nothing was left"):
         save(images, mask, format="png_sequence_8bit")

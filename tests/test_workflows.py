@@ -94,6 +94,23 @@ def test_workflow_runs_to_completion(comfyui, name):
             assert image.size == (70, 45)
             if "cutout" in api_workflow(name)[key]["inputs"]["filename_prefix"]:
                 assert image.mode == "RGBA"
+    _check_saved_mattes(comfyui, entry, api_workflow(name), (45, 70))
+
+
+def _check_saved_mattes(comfyui, entry: dict, workflow: dict, size: tuple[int, int]) -> None:
+    """Every BiRefNet Save Matte node wrote its file, which decodes at the frames' size with
+    an alpha channel (PyAV reads the clips and EXR files, the PNGs too)."""
+    import av
+    for key, node in workflow.items():
+        if node["class_type"] != "BiRefNetSaveMatte":
+            continue
+        files = [f for f in comfyui.output_files(entry, key) if f.suffix != ".wav"]
+        assert files, f"{key}: nothing written: {entry['outputs'].get(key)}"
+        with av.open(str(files[0])) as container:
+            frame = next(container.decode(video=0))
+            assert (frame.height, frame.width) == size
+            assert "a" in frame.format.name or frame.format.name.startswith("gbrap"), \
+                f"{files[0].name}: {frame.format.name} has no alpha"
 
 
 def _write_example_video(comfyui, path: Path, frames: int = 6) -> None:
@@ -122,6 +139,7 @@ def test_video_workflow_runs_where_comfyui_has_video_nodes(comfyui):
     assert_succeeded(comfyui, entry)
     saved = [p for p in comfyui.output_dir.rglob("video*.mp4")]
     assert saved, f"no video saved: {entry.get('outputs')}"
+    _check_saved_mattes(comfyui, entry, workflow, (48, 64))       # the ProRes 4444 matte
 
 
 def test_client_processes_a_folder(comfyui, tmp_path):

@@ -32,7 +32,8 @@ THUMB_WIDTH = 1600
 # 22 + 384 + 20 px (web/js/birefnet_preview.js: header, picture, margins).
 MEDIA_ROOM = 240
 PREVIEW_ROOM = 426
-MEDIA_NODES = ["LoadImage", "SaveImage", "PreviewImage", "LoadVideo", "SaveVideo"]
+MEDIA_NODES = ["LoadImage", "SaveImage", "PreviewImage", "LoadVideo", "SaveVideo",
+               "BiRefNetSaveMatte"]
 PREVIEW_NODES = ["BiRefNetSegment", "BiRefNetRefineEdges", "BiRefNetVideoMatte", "BiRefNetDetail"]
 
 # Load, make room for the pictures nodes will show, then lay out by depth (a column per longest

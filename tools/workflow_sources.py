@@ -50,6 +50,12 @@ def _save(images: list, prefix: str, title: str = "Save Image") -> dict:
     return _node("SaveImage", title, images=images, filename_prefix=prefix)
 
 
+def _save_matte(images: list, mask: list, format: str, prefix: str, title: str,
+                alpha: str = "straight", fps: float | list = 24.0, **optional) -> dict:
+    return _node("BiRefNetSaveMatte", title, images=images, mask=mask, format=format,
+                 alpha=alpha, fps=fps, filename_prefix=prefix, **optional)
+
+
 def transparent_png() -> dict:
     """1. A photo to a transparent PNG, with decontaminated edge colours."""
     return {
@@ -137,6 +143,9 @@ def video_matting() -> dict:
                    audio=["2", 1]),
         "7": _node("SaveVideo", "Save video", video=["6", 0], filename_prefix="birefnet/video",
                    format="auto", codec="auto"),
+        # the matte itself, for an editor: foreground colours with their alpha, 10-bit ProRes
+        "8": _save_matte(["5", 1], ["5", 0], "prores_4444", "birefnet/video_matte",
+                         "Save matte (ProRes 4444 with alpha)", fps=["2", 2], audio=["2", 1]),
     }
 
 
@@ -155,7 +164,7 @@ def headless_folder() -> dict:
 
 def _detail(model: list, image: list, **options) -> dict:
     inputs = dict(model=model, image=image, scale=1.0, band=0, overlap=0.25, max_tiles=128,
-                  batch_size=4, resolution=0)
+                  batch_size=0, resolution=0)        # 0: tiles per pass from the memory estimate
     inputs.update(options)
     return _node("BiRefNetDetail", "BiRefNet Detail", **inputs)
 
@@ -173,6 +182,12 @@ def large_photo_detail() -> dict:
         "6": _save(["5", 2], "birefnet/detail_cutout", "Save transparent PNG"),
         "7": _node("MaskToImage", "Mask as image", mask=["4", 0]),
         "8": _save(["7", 0], "birefnet/detail_mask", "Save mask"),
+        # the soft edge beyond 8 bits: a 16-bit PNG and a float EXR (premultiplied, as
+        # compositors take it)
+        "9": _save_matte(["5", 1], ["5", 0], "png_sequence_16bit", "birefnet/detail_16bit",
+                         "Save 16-bit PNG"),
+        "10": _save_matte(["5", 1], ["5", 0], "exr_sequence", "birefnet/detail_exr",
+                          "Save EXR (float, premultiplied)", alpha="premultiplied"),
     }
 
 

@@ -77,7 +77,8 @@ def iter_predictions(model: nn.Module, frames: Iterable[torch.Tensor], *,
     source = _Chunks(frames)
     while (chunk := source.peek(batch_size)) is not None:
         try:
-            masks = predict(model, chunk.to(device), resolution)
+            masks = predict(model, chunk, resolution, output_device=(
+                output_device if output_device is not None else chunk.device))
         except Exception as error:       # noqa: BLE001 - only out-of-memory is handled
             if not is_out_of_memory(error) or batch_size == 1:
                 raise
@@ -87,7 +88,7 @@ def iter_predictions(model: nn.Module, frames: Iterable[torch.Tensor], *,
                            batch_size)
             continue
         source.advance(chunk.shape[0])
-        yield chunk, masks.to(output_device if output_device is not None else chunk.device)
+        yield chunk, masks
         if progress is not None:
             progress(source.done, total)
 

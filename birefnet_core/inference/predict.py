@@ -71,12 +71,15 @@ def _model_placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def predict(model: nn.Module, images: torch.Tensor,
-            resolution: int | tuple[int, int] | None = None) -> torch.Tensor:
-    """Soft masks (B, 1, H, W) in [0, 1], float32 on the images' device.
+            resolution: int | tuple[int, int] | None = None, *,
+            output_device: torch.device | str | None = None) -> torch.Tensor:
+    """Soft masks (B, 1, H, W) in [0, 1], float32 on ``output_device`` (default: the images').
 
     images: float (B, 3, H, W) in [0, 1] of any size (1 or 4 channels are accepted; alpha is
     ignored). They are resized to the working resolution (a multiple of 32; default: the
-    model's own), normalised, segmented, and the mask is resized back to (H, W).
+    model's own), normalised, segmented, and the mask is resized back to (H, W). Images on the
+    host are checked there and moved to the model's device here, once: no check reads device
+    memory.
     """
     rgb = check_images(images)
     size = working_size(model, resolution)
@@ -90,4 +93,4 @@ def predict(model: nn.Module, images: torch.Tensor,
         masks = torch.sigmoid(logits.float())
         masks = resize_images(masks, tuple(images.shape[-2:])).clamp(0, 1)
     # A copy made outside inference mode is an ordinary tensor callers may modify in place.
-    return masks.to(images.device).clone()
+    return masks.to(output_device if output_device is not None else images.device).clone()

@@ -17,7 +17,7 @@ or is cast (``_apply``: ``.to``, ``.half``, ComfyUI moving submodules one by one
 was made from are the same tensors (storage, dtype, device, shape) holding the same values:
 parameters made under ``inference_mode`` have no version counter and ``param.data.copy_``
 (ComfyUI's ``copy_to_param``) bumps none, so each source carries a content fingerprint
-(``_fingerprint``: the exact sum of its bit patterns and its float sum). A model's
+(``_fingerprint``: the wrapping sum of its bit patterns and the sum of its values). A model's
 forward checks every fingerprint once (``checked_kernels``); a layer called on its own checks
 its own at each call. Packs are not used for inputs or weights that need gradients, inside
 traced graphs, and copies and pickles drop them (oneDNN's packed tensors cannot be copied).

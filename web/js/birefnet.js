@@ -21,7 +21,10 @@ const PREVIEW_NODES = new Set([
 ]);
 const LOADER = "BiRefNetLoader";
 const EVALUATE = "BiRefNetEvaluate";
-const SAVE_MATTE = "BiRefNetSaveMatte";   // its one-line summary shows like Evaluate's table
+const SAVE_MATTE = "BiRefNetSaveMatte";   // its two-line summary shows like Evaluate's table
+// Save Matte's width from the start: its summary ("prores_4444: 300 frames, 1920x1080, 10-bit"
+// and the path) fits without the node growing over its neighbours once it has run.
+const SAVE_MATTE_WIDTH = 340;
 const STATUS_WIDGET = "birefnet_model_status";
 const LINE = 16;
 const OWN_WIDGETS = new Set([PREVIEW_WIDGET, STATUS_WIDGET, METRICS_WIDGET]);
@@ -247,7 +250,10 @@ app.registerExtension({
 				const result = onExecuted?.apply(this, arguments);
 				try {
 					if (output?.birefnet_preview) showPreview(this, output.birefnet_preview, api);
-					if (output?.birefnet_metrics) showMetrics(this, output.birefnet_metrics);
+					if (output?.birefnet_metrics) {
+						showMetrics(this, output.birefnet_metrics,
+							nodeData.name === SAVE_MATTE ? SAVE_MATTE_WIDTH : undefined);
+					}
 				} catch (error) {
 					console.warn("BiRefNet:", error);
 				}
@@ -257,6 +263,9 @@ app.registerExtension({
 	},
 	async nodeCreated(node) {
 		if (node.comfyClass === LOADER) setUpLoader(node);
+		if (node.comfyClass === SAVE_MATTE && node.size?.[0] < SAVE_MATTE_WIDTH) {
+			node.setSize?.([SAVE_MATTE_WIDTH, node.size[1]]);
+		}
 	},
 	async refreshComboInNodes() {
 		await fetchModels(true);

@@ -14,11 +14,11 @@ const FONT = "12px monospace";
 let measure = null;
 
 /** The node width that shows the widest line of the table unclipped (at most MAX_WIDTH). */
-function tableWidth(lines) {
+function tableWidth(lines, minWidth = MIN_WIDTH) {
 	measure ??= document.createElement("canvas").getContext("2d");
 	measure.font = FONT;
 	const widest = Math.max(0, ...lines.map((line) => measure.measureText(line).width));
-	return Math.min(MAX_WIDTH, Math.max(MIN_WIDTH, Math.ceil(widest) + 12 + 2 * DOM_MARGIN + 4));
+	return Math.min(MAX_WIDTH, Math.max(minWidth, Math.ceil(widest) + 12 + 2 * DOM_MARGIN + 4));
 }
 
 function tableHeight(node) {
@@ -34,8 +34,9 @@ function tableElement() {
 	});
 }
 
-/** Show a `birefnet_metrics` message (a list holding one text table) on the node. */
-export function showMetrics(node, message) {
+/** Show a `birefnet_metrics` message (a list holding one text table) on the node, widening
+ * it to at least `minWidth` (the Evaluate table's width by default). */
+export function showMetrics(node, message, minWidth = MIN_WIDTH) {
 	const text = Array.isArray(message) ? message.join("\n") : "";
 	if (!text) return;
 	node.birefnetMetrics = text.split("\n");
@@ -44,7 +45,7 @@ export function showMetrics(node, message) {
 		widget = addElementWidget(node, METRICS_WIDGET, tableElement(), () => tableHeight(node));
 	}
 	widget.content.textContent = text;
-	const width = tableWidth(node.birefnetMetrics);
+	const width = tableWidth(node.birefnetMetrics, minWidth);
 	if (node.size && node.size[0] < width) node.setSize?.([width, node.size[1]]);
 	refitNode(node, widget, () => tableHeight(node));
 }
