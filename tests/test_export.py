@@ -242,7 +242,8 @@ def test_gpu_check_runs_every_step_in_its_cpu_smoke_mode(dynamic_file, model, tm
     result = _run_gpu_check("--cpu-smoke", "--onnx", str(dynamic_file), "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     steps = json.loads(out.read_text())["steps"]
-    assert list(steps) == ["parity", "precision", "speed", "video", "detail", "onnx", "compile"]
+    assert list(steps) == ["parity", "precision", "speed", "memory", "video", "detail", "onnx",
+                           "compile"]
     assert all(row["max_abs_dlogit_vs_cpu"] == 0 for row in steps["parity"]["result"])
     assert len(steps["speed"]["result"]) == len(steps["compile"]["result"]) == 4
     onnx_step = steps["onnx"]["result"]

@@ -27,6 +27,9 @@ def model_status(tmp_path, monkeypatch):
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "background_removal",
                         ([str(theirs)], {".safetensors"}))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # ComfyUI caches file lists per folder name and stats the cached folders on the next call:
+    # an earlier test's birefnet folder is gone by now (tmp_path is removed after each test).
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
     return importlib.import_module(f"{pack.__name__}.nodes.routes").model_status
 
 
