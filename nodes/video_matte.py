@@ -10,6 +10,7 @@ import comfy.utils
 
 from .. import birefnet_core
 from ..birefnet_core.inference import STABILIZE_METHODS
+from ..birefnet_core.inference.video import auto_batch_size_on
 from .preview import with_preview
 from .runtime import (
     fit_background,
@@ -96,9 +97,8 @@ class BiRefNetVideoMatte:
                      and frames.device == keep)
         outputs = _Outputs(count, height, width, keep,
                            reuse_frames=frames if plain_rgb and not refine_edges else None)
-        # auto (0) is decided on the device the model runs on: 1 frame on the CPU, 4 elsewhere
-        on_cpu = torch.device(model.load_device).type == "cpu"
-        load_for_forward(model, resolution, batch_size or (1 if on_cpu else 4))
+        # auto (0) is decided for the device the model is about to run on
+        load_for_forward(model, resolution, batch_size or auto_batch_size_on(model.load_device))
         bar = comfy.utils.ProgressBar(count)
 
         def between_passes(_done: int, _total: int) -> None:

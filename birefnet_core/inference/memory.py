@@ -85,7 +85,7 @@ def coefficients(variant: str | None, device: torch.device | str,
     """The coefficients of a backbone (``ModelInfo.variant``) on a device for a dtype; for a
     variant not known here, those of the largest known (an over-estimate frees more, never
     too little)."""
-    size = 2 if torch.empty((), dtype=dtype).element_size() <= 2 else 4
+    size = 2 if dtype.itemsize <= 2 else 4
     name = SAME_AS.get(variant or "", variant)
     if name not in ACCELERATOR:
         name = max(ACCELERATOR, key=lambda known: ACCELERATOR[known][size].per_pixel)

@@ -17,7 +17,7 @@ from ..matting.refine import refine_mask
 from .batching import Progress, iter_predictions
 from .temporal import TemporalStabilizer
 
-__all__ = ["auto_batch_size", "matte_video", "stream_mattes"]
+__all__ = ["auto_batch_size", "auto_batch_size_on", "matte_video", "stream_mattes"]
 
 Frames = torch.Tensor | Iterable[torch.Tensor]    # (T, 3, H, W) or (3, H, W) frames in [0, 1]
 
@@ -93,7 +93,12 @@ def auto_batch_size(model: nn.Module) -> int:
     longer stay in cache), at 512² 1.280 and 1.206. On a GPU a batch keeps the device
     busy between kernel launches and host transfers, which single frames leave idle.
     """
-    return 1 if next(model.parameters()).device.type == "cpu" else 4
+    return auto_batch_size_on(next(model.parameters()).device)
+
+
+def auto_batch_size_on(device: torch.device | str) -> int:
+    """``auto_batch_size`` for a model that will run on ``device`` (before it is moved there)."""
+    return 1 if torch.device(device).type == "cpu" else 4
 
 
 def _refined(pairs: list[tuple[torch.Tensor, torch.Tensor]],
